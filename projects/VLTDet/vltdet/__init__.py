@@ -1,0 +1,1 @@
+"""VLTDet: ViTDet detection on CLIP / EVA-CLIP ViT backbones."""

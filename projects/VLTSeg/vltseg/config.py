@@ -1,0 +1,153 @@
+"""Config keys of VLTSeg: Mask2Former (official key names), the DenseCLIP text head, the semantic
+mapper and sliding-window / multi-scale inference.
+
+Call after :func:`vlt_common.config.add_vlt_common_config`.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_vltseg_config"]
+
+
+def add_vltseg_config(cfg):
+    """
+    Add the VLTSeg keys. Names under ``MODEL.MASK_FORMER`` and ``MODEL.SEM_SEG_HEAD`` match
+    official Mask2Former's, so its yaml files read the same way.
+
+    Args:
+        cfg (CfgNode): edited in place.
+    """
+    # ---------------------------------------------------------------------------------------------
+    # Mask2Former
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.MASK_FORMER = CN()
+    # Registered name of the transformer decoder.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # Which pixel-decoder output feeds the decoder: "multi_scale_pixel_decoder" (the 3 levels).
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    # Add the losses of every intermediate decoder layer.
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    # Classification weight of the "no object" class.
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Loss weights (also the matching costs): classification, mask BCE, mask dice.
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 5.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
+    # Attention heads of the decoder.
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    # Dropout inside the decoder layers.
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
+    # Hidden size of the decoder feed-forward networks.
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # Decoder layers + 1: the extra one is the prediction from the learnable queries alone.
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
+    # Pre-norm instead of post-norm decoder layers.
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    # Width of the queries and of the decoder.
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    # Number of queries.
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # Always add a 1x1 input projection in front of the decoder, even if widths already match.
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Pad images to a multiple of this (-1: the backbone's size_divisibility).
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+    # Points sampled per mask for matching and for the mask losses (112 * 112).
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112
+    # Importance sampling of the loss points: oversample k*N candidates, take beta*N of them
+    # where the prediction is most uncertain, the rest uniformly.
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; these override or extend it.
+    # Registered head holding the pixel decoder and the transformer decoder.
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
+    # Registered pixel decoder.
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    # Backbone maps the pixel decoder reads.
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Of those, the ones the deformable encoder attends over (the other, finer ones are merged in
+    # by an FPN).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # Stride of the mask features.
+    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
+    # Number of deformable encoder layers.
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    # Width of the pixel decoder and of the mask embeddings.
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # Normalization in the pixel decoder.
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
+    # Number of semantic classes (19 for the Cityscapes label space).
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
+    # Label value that is ignored by the losses and the evaluator.
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
+    # Sampling points per head, per level in the deformable attention.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_POINTS = 4
+    # Attention heads in the deformable encoder.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_HEADS = 8
+
+    # ---------------------------------------------------------------------------------------------
+    # DenseCLIP-style pixel-text matching (VLTSeg's optional auxiliary loss)
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.VLTSEG = CN()
+    cfg.MODEL.VLTSEG.TEXT_HEAD = CN()
+    # Turn the text head and the pixel-text matching loss on.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.ENABLED = False
+    # open_clip model whose (frozen) text tower encodes the prompts; must match the CLIP the
+    # backbone comes from so that the two embedding spaces agree.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_ARCH = "ViT-B-16"
+    # Local weights for the text tower (usually the same file as MODEL.VLT_BACKBONE.PRETRAINED);
+    # "" keeps the random initialization (tests).
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_PRETRAINED = ""
+    # Number of learnable context vectors placed before the class-name tokens.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.CONTEXT_LENGTH = 8
+    # Backbone map whose pixels are matched with the text embeddings.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.IN_FEATURE = "res5"
+    # Layers of the context-aware (visual-to-text) refinement decoder.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.REFINE_LAYERS = 3
+    # Initial value of gamma, the residual scale of the text refinement.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.GAMMA_INIT = 1e-4
+    # Temperature tau of the pixel-text score map: cosine / tau.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEMPERATURE = 0.07
+    # Weight lambda of L_PTM in L_total = L_Mask2Former + lambda * L_PTM.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.LOSS_WEIGHT = 0.4
+    # Concatenate the score map to this backbone map before the pixel decoder ("" disables).
+    cfg.MODEL.VLTSEG.TEXT_HEAD.CONCAT_TO = ""
+
+    # ---------------------------------------------------------------------------------------------
+    # Semantic-segmentation mapper (training augmentation)
+    # ---------------------------------------------------------------------------------------------
+    # Registered dataset mapper for training (vlt_common.data.DATASET_MAPPER_REGISTRY).
+    cfg.INPUT.DATASET_MAPPER_NAME = "semantic_dg"
+    # Resize every training image to this (width, height) before random scaling; (0, 0) keeps
+    # the native size. GTA5 recipe: (1280, 720).
+    cfg.INPUT.RESIZE_TRAIN = (0, 0)
+    # Random rescaling range, as factors of the resized image.
+    cfg.INPUT.SCALE_RANGE_TRAIN = (0.5, 2.0)
+    # Photometric distortion (brightness, contrast, saturation, hue; mmseg's PhotoMetricDistortion).
+    cfg.INPUT.COLOR_AUG_SSD = True
+    # Crop: detectron2's INPUT.CROP keys; TYPE "absolute" with SIZE (h, w).
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (512, 512)
+    # Re-draw the crop (up to 10 times) while one class covers more than this fraction of it.
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75
+    # Pad training images to this size (-1: no padding).
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+
+    # ---------------------------------------------------------------------------------------------
+    # Inference
+    # ---------------------------------------------------------------------------------------------
+    # Resize test images to this (width, height) before inference; (0, 0) keeps the native size.
+    # GTA5 recipe: (1024, 512).
+    cfg.INPUT.RESIZE_TEST = (0, 0)
+    cfg.TEST.SLIDING_WINDOW = CN()
+    # Sliding-window inference instead of one forward pass over the whole image.
+    cfg.TEST.SLIDING_WINDOW.ENABLED = False
+    # Window (h, w) and stride (h, w) in pixels; overlapping predictions are averaged.
+    cfg.TEST.SLIDING_WINDOW.CROP_SIZE = (512, 512)
+    cfg.TEST.SLIDING_WINDOW.STRIDE = (426, 426)
+    # Windows evaluated in one batch.
+    cfg.TEST.SLIDING_WINDOW.BATCH_SIZE = 4
+    # Multi-scale + flip test-time augmentation (detectron2's TEST.AUG.ENABLED / FLIP); the scales
+    # are factors of the test size.
+    cfg.TEST.AUG.SCALES = (0.75, 1.0, 1.25)

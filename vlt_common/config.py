@@ -1,0 +1,100 @@
+"""Config keys shared by VLTSeg and VLTDet: backbone, fine-tuning mode, solver, DG evaluation.
+
+Call :func:`add_vlt_common_config` on a Detectron2 ``CfgNode`` before merging a VLT yaml file.
+Keys follow Detectron2's conventions; every key has a comment that states its meaning and units.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_vlt_common_config"]
+
+
+def add_vlt_common_config(cfg):
+    """
+    Add the keys under ``MODEL.VLT_BACKBONE``, the VLT solver keys and the DG-evaluation keys.
+
+    Args:
+        cfg (CfgNode): a Detectron2 config (e.g. from ``detectron2.config.get_cfg()``); edited
+            in place.
+    """
+    # ---------------------------------------------------------------------------------------------
+    # Vision-foundation-model ViT backbone (vlt_common.modeling.backbone.CLIPViTBackbone)
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.VLT_BACKBONE = CN()
+    # Which trunk to build. open_clip model names ("ViT-B-16", "ViT-L-14", "EVA02-B-16",
+    # "EVA02-L-14") build the visual tower of that CLIP model; "timm:<name>" builds a timm ViT
+    # (e.g. "timm:vit_large_patch14_dinov2", "timm:samvit_base_patch16",
+    # "timm:vit_large_patch16_224.mae", "timm:vit_base_patch16_224.augreg_in21k_ft_in1k").
+    cfg.MODEL.VLT_BACKBONE.ARCH = "ViT-B-16"
+    # Local path of the pre-trained trunk weights, in the format users download: OpenAI CLIP
+    # TorchScript ".pt", open_clip state dicts (".bin", ".pt", ".safetensors"), EVA-CLIP
+    # "EVA02_CLIP_*_s4B.pt", or timm checkpoints. "" keeps the random initialization.
+    # (MODEL.WEIGHTS, loaded afterwards, is a whole-model Detectron2 checkpoint.)
+    cfg.MODEL.VLT_BACKBONE.PRETRAINED = ""
+    # Output layout: "multiscale" gives four maps res2..res5 at strides 4/8/16/32 (for
+    # Mask2Former); "single" gives one map "last_feat" at the patch stride (for ViTDet's
+    # SimpleFeaturePyramid).
+    cfg.MODEL.VLT_BACKBONE.OUTPUT = "multiscale"
+    # 0-based indices of the blocks whose tokens form res2..res5 in "multiscale" mode. Empty:
+    # the default for the depth (3/5/7/11 for 12 blocks, 9/14/19/23 for 24 blocks, evenly spread
+    # otherwise).
+    cfg.MODEL.VLT_BACKBONE.OUT_INDICES = []
+    # Names of the maps to return (a subset of res2..res5, or ["last_feat"] for "single").
+    cfg.MODEL.VLT_BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Patch size the model runs at. 16 resamples the patch-embedding kernel of patch-14 models
+    # (ViT-L/14, EVA02-L/14, DINOv2) to 16x16, as Rein and EVA-02 detection do, so that strides
+    # are exactly 4/8/16/32. 0 keeps the pre-trained patch size (strides then scale by p/16).
+    cfg.MODEL.VLT_BACKBONE.PATCH_SIZE = 16
+    # Stochastic depth rate of the last block (linearly increasing over the blocks).
+    cfg.MODEL.VLT_BACKBONE.DROP_PATH_RATE = 0.0
+    # Recompute the blocks' activations in backward to save memory (slower).
+    cfg.MODEL.VLT_BACKBONE.GRAD_CHECKPOINT = False
+    # Blocks to freeze when FINETUNE is "full": 0 trains everything; N > 0 freezes the patch and
+    # position embeddings and the first N blocks; -1 freezes the whole trunk.
+    cfg.MODEL.VLT_BACKBONE.FREEZE_BLOCKS = 0
+    # Fine-tuning mode (one switch for the comparison study):
+    #   "full": fine-tune the trunk (VLTSeg), subject to FREEZE_BLOCKS;
+    #   "frozen": the trunk is frozen, only the neck and the head train;
+    #   "rein": the trunk is frozen and Rein adapters (MODEL.VLT_BACKBONE.REIN) train;
+    #   "frozen_warmup": frozen for SOLVER.FROZEN_BACKBONE_ITERS iterations, then "full".
+    cfg.MODEL.VLT_BACKBONE.FINETUNE = "full"
+
+    # Rein ("Stronger, Fewer, & Superior", CVPR 2024), used when FINETUNE is "rein".
+    cfg.MODEL.VLT_BACKBONE.REIN = CN()
+    # Number of learnable tokens per layer (m in the paper).
+    cfg.MODEL.VLT_BACKBONE.REIN.NUM_TOKENS = 100
+    # Rank of the low-rank token factorization T = A B (r in the paper).
+    cfg.MODEL.VLT_BACKBONE.REIN.RANK = 16
+    # Initial value of the learnable scale applied to the refinement.
+    cfg.MODEL.VLT_BACKBONE.REIN.SCALE_INIT = 1e-3
+    # Feed the linked tokens to Mask2Former as the query positional embeddings
+    # (requires NUM_TOKENS == MODEL.MASK_FORMER.NUM_OBJECT_QUERIES).
+    cfg.MODEL.VLT_BACKBONE.REIN.LINK_QUERIES = True
+    # Also use the linked tokens as the initial query features.
+    cfg.MODEL.VLT_BACKBONE.REIN.LINK_QUERY_FEATURES = False
+
+    # ---------------------------------------------------------------------------------------------
+    # Solver (vlt_common.solver); Detectron2's SOLVER keys keep their meaning.
+    # ---------------------------------------------------------------------------------------------
+    # "ADAMW" or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # lr multiplier of backbone parameters (ignored when SOLVER.LAYER_DECAY < 1).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Layer-wise lr decay rate (ViTDet/BEiT): a backbone parameter of layer id l gets
+    # lr * LAYER_DECAY ** (num_layers + 1 - l); 1.0 disables it.
+    cfg.SOLVER.LAYER_DECAY = 1.0
+    # Weight decay of position embeddings, cls tokens, query and level embeddings.
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Power of the "WarmupPolyLR" schedule: lr * (1 - iter / max_iter) ** POWER.
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # With MODEL.VLT_BACKBONE.FINETUNE "frozen_warmup": iterations with the trunk frozen.
+    cfg.SOLVER.FROZEN_BACKBONE_ITERS = 0
+
+    # ---------------------------------------------------------------------------------------------
+    # Domain-generalization evaluation (vlt_common.evaluation)
+    # ---------------------------------------------------------------------------------------------
+    cfg.TEST.DG = CN()
+    # Test dataset measured in the source domain: the denominator of rPD. "" uses the first
+    # entry of DATASETS.TEST.
+    cfg.TEST.DG.SOURCE_DATASET = ""
+    # Prediction overlays written per test domain (0 disables them).
+    cfg.TEST.DG.NUM_VIS = 4
