@@ -30,6 +30,12 @@ def add_vlt_common_config(cfg):
     # "EVA02_CLIP_*_s4B.pt", or timm checkpoints. "" keeps the random initialization.
     # (MODEL.WEIGHTS, loaded afterwards, is a whole-model Detectron2 checkpoint.)
     cfg.MODEL.VLT_BACKBONE.PRETRAINED = ""
+    # Shrink the architecture (tiny demo and test models): width, number of blocks and attention
+    # heads of the trunk; 0 keeps the architecture's own value. Pre-trained weights of the full
+    # model do not fit a shrunk trunk.
+    cfg.MODEL.VLT_BACKBONE.EMBED_DIM = 0
+    cfg.MODEL.VLT_BACKBONE.DEPTH = 0
+    cfg.MODEL.VLT_BACKBONE.NUM_HEADS = 0
     # Output layout: "multiscale" gives four maps res2..res5 at strides 4/8/16/32 (for
     # Mask2Former); "single" gives one map "last_feat" at the patch stride (for ViTDet's
     # SimpleFeaturePyramid).
