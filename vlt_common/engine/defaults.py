@@ -1,0 +1,61 @@
+"""The one way VLT builds a config: Detectron2's defaults plus every VLT namespace."""
+import logging
+import os
+
+import torch
+from detectron2.config import get_cfg as _get_d2_cfg
+from detectron2.engine import default_setup
+
+from vlt_common.config import add_vlt_common_config
+
+__all__ = ["get_vlt_cfg", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+def get_vlt_cfg():
+    """
+    Returns:
+        CfgNode: Detectron2's default config with the keys of vlt_common, VLTSeg and VLTDet added,
+        so that any VLT yaml (segmentation or detection) merges into it.
+    """
+    # The projects are imported here, not at module level: vlt_common must import without them.
+    from vltdet.config import add_vltdet_config
+    from vltseg.config import add_vltseg_config
+
+    cfg = _get_d2_cfg()
+    add_vlt_common_config(cfg)
+    add_vltseg_config(cfg)
+    add_vltdet_config(cfg)
+    return cfg
+
+
+def setup_cfg(args, *, log=True):
+    """
+    Build the frozen config of a run from command-line arguments, as Detectron2's tools do.
+
+    Args:
+        args (argparse.Namespace): with ``config_file`` and ``opts`` (see
+            ``detectron2.engine.default_argument_parser``).
+        log (bool): also run ``default_setup`` (logger, output folder, config dump, seeds).
+
+    Returns:
+        CfgNode
+
+    Raises:
+        KeyError: a key in the file or in ``opts`` that no namespace defines (yacs names it).
+        FileNotFoundError: the config file does not exist.
+    """
+    cfg = get_vlt_cfg()
+    if args.config_file:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"--config-file: {args.config_file!r} does not exist")
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    if log:
+        default_setup(cfg, args)
+    return cfg
