@@ -30,6 +30,19 @@ def get_vlt_cfg():
     return cfg
 
 
+def _check_overrides(cfg, opts):
+    """Reject command-line overrides that are malformed or name a key no namespace defines
+    (yacs would only assert)."""
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got {len(opts)} items: {opts}")
+    for key in opts[0::2]:
+        node = cfg
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                raise KeyError(f"Unknown config key {key!r} on the command line")
+            node = node[part]
+
+
 def setup_cfg(args, *, log=True):
     """
     Build the frozen config of a run from command-line arguments, as Detectron2's tools do.
@@ -51,6 +64,7 @@ def setup_cfg(args, *, log=True):
         if not os.path.isfile(args.config_file):
             raise FileNotFoundError(f"--config-file: {args.config_file!r} does not exist")
         cfg.merge_from_file(args.config_file)
+    _check_overrides(cfg, args.opts)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
