@@ -1,1 +1,10 @@
-"""VLTDet: ViTDet detection on CLIP / EVA-CLIP ViT backbones."""
+"""VLTDet: ViTDet detection (simple feature pyramid, Mask / Cascade Mask R-CNN heads, large-scale
+jitter, layer-wise lr decay) on VLT's CLIP / EVA-CLIP ViT backbones.
+
+Importing the package registers the backbone builder ``build_clip_vit_sfp_backbone``
+(``MODEL.BACKBONE.NAME``) and the ``"detection_lsj"`` mapper (``INPUT.DATASET_MAPPER_NAME``).
+"""
+from .config import add_vltdet_config
+from .mapper import LSJDatasetMapper, build_lsj_augmentation
+
+__all__ = ["add_vltdet_config", "LSJDatasetMapper", "build_lsj_augmentation"]
