@@ -2,6 +2,14 @@
 checkpointer and the training hooks."""
 from .checkpoint import AtomicCheckpointer
 from .defaults import get_vlt_cfg, setup_cfg
+from .hooks import FrozenBackboneWarmup
 from .trainer import VLTTrainer, check_losses_finite
 
-__all__ = ["AtomicCheckpointer", "VLTTrainer", "check_losses_finite", "get_vlt_cfg", "setup_cfg"]
+__all__ = [
+    "AtomicCheckpointer",
+    "FrozenBackboneWarmup",
+    "VLTTrainer",
+    "check_losses_finite",
+    "get_vlt_cfg",
+    "setup_cfg",
+]
