@@ -103,6 +103,11 @@ def add_vltseg_config(cfg):
     # Local weights for the text tower (usually the same file as MODEL.VLT_BACKBONE.PRETRAINED);
     # "" keeps the random initialization (tests).
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_PRETRAINED = ""
+    # Shrink the text transformer (tiny test models): width, layers and attention heads; 0 keeps
+    # the architecture's value. Pre-trained weights of the full tower do not fit a shrunk one.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_WIDTH = 0
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_LAYERS = 0
+    cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_HEADS = 0
     # Number of learnable context vectors placed before the class-name tokens.
     cfg.MODEL.VLTSEG.TEXT_HEAD.CONTEXT_LENGTH = 8
     # Backbone map whose pixels are matched with the text embeddings.
