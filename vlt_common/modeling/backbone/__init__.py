@@ -1,0 +1,25 @@
+"""ViT backbones from vision-language and vision foundation models (open_clip and timm trunks).
+
+Importing this package registers ``build_clip_vit_backbone`` in Detectron2's BACKBONE_REGISTRY.
+"""
+from .clip_vit import CLIPViTBackbone, build_clip_vit_backbone, default_out_indices
+from .neck import MultiScaleNeck
+from .trunk_adapter import TrunkAdapter, get_trunk_adapter, register_trunk_adapter
+from .trunk_builder import build_trunk, expected_weights
+from .weights import TrunkLoadReport, load_trunk_state_dict, load_trunk_weights, read_checkpoint
+
+__all__ = [
+    "CLIPViTBackbone",
+    "build_clip_vit_backbone",
+    "default_out_indices",
+    "MultiScaleNeck",
+    "TrunkAdapter",
+    "get_trunk_adapter",
+    "register_trunk_adapter",
+    "build_trunk",
+    "expected_weights",
+    "TrunkLoadReport",
+    "load_trunk_state_dict",
+    "load_trunk_weights",
+    "read_checkpoint",
+]

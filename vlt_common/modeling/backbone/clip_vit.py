@@ -1,0 +1,342 @@
+"""
+:class:`CLIPViTBackbone`: a Detectron2 backbone over a CLIP / EVA-CLIP / DINOv2 / SAM / MAE /
+supervised ViT trunk built by open_clip or timm.
+"""
+import logging
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .neck import MultiScaleNeck
+from .trunk_adapter import get_trunk_adapter
+from .trunk_builder import build_trunk
+
+__all__ = ["CLIPViTBackbone", "build_clip_vit_backbone", "default_out_indices"]
+
+logger = logging.getLogger(__name__)
+
+# Multi-scale outputs and their rescaling of the patch-stride maps: strides p/4, p/2, p, 2p
+# (4, 8, 16, 32 for p = 16).
+_LEVEL_SCALES = {"res2": 4.0, "res3": 2.0, "res4": 1.0, "res5": 0.5}
+# The one output of "single" mode (ViTDet's SimpleFeaturePyramid input).
+SINGLE_FEATURE = "last_feat"
+OUTPUT_MODES = ("multiscale", "single")
+FINETUNE_MODES = ("full", "frozen", "rein", "frozen_warmup")
+
+
+def default_out_indices(depth: int) -> List[int]:
+    """
+    Blocks that feed res2..res5 when MODEL.VLT_BACKBONE.OUT_INDICES is empty.
+
+    Args:
+        depth (int): number of blocks.
+
+    Returns:
+        list[int]: 3/5/7/11 for 12 blocks and 9/14/19/23 for 24 (the choices of VLTSeg, ViT-Adapter
+        and EVA-02 segmentation), else the last block of each quarter.
+    """
+    if depth == 12:
+        return [3, 5, 7, 11]
+    if depth == 24:
+        return [9, 14, 19, 23]
+    return [max(0, (k + 1) * depth // 4 - 1) for k in range(4)]
+
+
+def _as_stride(value: float):
+    return int(value) if float(value).is_integer() else value
+
+
+class CLIPViTBackbone(Backbone):
+    """
+    A plain ViT trunk as a Detectron2 backbone.
+
+    "multiscale" mode returns res2..res5 at strides p/4, p/2, p, 2p (4/8/16/32 for patch 16),
+    taken from four blocks and rescaled by :class:`MultiScaleNeck`; "single" mode returns the last
+    block's tokens as one map "last_feat" at stride p (for ViTDet's SimpleFeaturePyramid). Every
+    map has C = trunk width channels. Position embeddings (and EVA's rotary embeddings) follow the
+    input size, square or not.
+
+    Attributes:
+        trunk (nn.Module): the open_clip / timm vision tower (pooling head removed).
+        neck (MultiScaleNeck or None): the rescaling paths ("multiscale" mode).
+        rein (nn.Module or None): applied to the tokens after every block when set.
+        embed_dim (int), num_layers (int), patch_size (int), num_prefix_tokens (int).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        trunk: nn.Module,
+        output: str = "multiscale",
+        out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+        out_indices: Sequence[int] = (),
+        freeze_blocks: int = 0,
+        grad_checkpoint: bool = False,
+        rein: Optional[nn.Module] = None,
+        neck_norm: str = "LN",
+    ):
+        """
+        Args:
+            trunk (nn.Module): an open_clip ``VisionTransformer`` or a timm ``VisionTransformer``
+                / ``Eva`` / ``VisionTransformerSAM`` (timm ones built with
+                ``dynamic_img_size=True`` where timm has the option), e.g. from
+                :func:`build_trunk`. Its pooling head is removed here.
+            output (str): "multiscale" or "single".
+            out_features (list[str]): a subset of res2..res5 ("multiscale"), or ["last_feat"].
+            out_indices (list[int]): 0-based blocks feeding res2..res5 (four, non-decreasing);
+                empty: :func:`default_out_indices`.
+            freeze_blocks (int): 0 trains the whole trunk; N > 0 freezes the embeddings and the
+                first N blocks; -1 freezes the whole trunk.
+            grad_checkpoint (bool): recompute each block in backward (training only).
+            rein (nn.Module or None): a Rein module, called as ``rein(tokens, i,
+                num_prefix_tokens)`` after block i.
+            neck_norm (str): norm inside the 4x path of the neck.
+        """
+        super().__init__()
+        adapter = get_trunk_adapter(trunk)
+        adapter.strip_head(trunk)
+        adapter.check_trunk(trunk)
+        self._adapter = adapter
+        self.trunk = trunk
+        self.embed_dim = adapter.embed_dim(trunk)
+        self.num_layers = len(adapter.blocks(trunk))
+        self.patch_size = adapter.patch_size(trunk)
+        self.num_prefix_tokens = adapter.num_prefix_tokens(trunk)
+        self.rein = rein
+        self.grad_checkpoint = grad_checkpoint
+        self._output = output
+
+        if output == "multiscale":
+            out_indices = list(out_indices) or default_out_indices(self.num_layers)
+            self._check_out_indices(out_indices)
+            names = list(_LEVEL_SCALES)
+            bad = [f for f in out_features if f not in names]
+            if not out_features or bad or len(set(out_features)) != len(out_features):
+                raise ValueError(
+                    f"MODEL.VLT_BACKBONE.OUT_FEATURES must be distinct names among {names} in "
+                    f"'multiscale' mode, got {list(out_features)}."
+                )
+            self._out_features = [f for f in names if f in out_features]
+            self._tap_blocks = {f: out_indices[names.index(f)] for f in self._out_features}
+            scales = {f: _LEVEL_SCALES[f] for f in self._out_features}
+            self.neck = MultiScaleNeck(channels=self.embed_dim, scales=scales, norm=neck_norm)
+            strides = {f: self.patch_size / s for f, s in scales.items()}
+            self._size_divisibility = 2 * self.patch_size
+        elif output == "single":
+            if list(out_features) != [SINGLE_FEATURE]:
+                raise ValueError(
+                    f"MODEL.VLT_BACKBONE.OUTPUT 'single' returns one map; set "
+                    f"MODEL.VLT_BACKBONE.OUT_FEATURES to ['{SINGLE_FEATURE}'], got "
+                    f"{list(out_features)}."
+                )
+            self._out_features = [SINGLE_FEATURE]
+            self._tap_blocks = {SINGLE_FEATURE: self.num_layers - 1}
+            self.neck = None
+            strides = {SINGLE_FEATURE: self.patch_size}
+            self._size_divisibility = self.patch_size
+        else:
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.OUTPUT must be one of {OUTPUT_MODES}, got '{output}'."
+            )
+        self._out_feature_strides = {f: _as_stride(s) for f, s in strides.items()}
+        self._out_feature_channels = {f: self.embed_dim for f in self._out_features}
+        # block index -> output names taken after it
+        self._taps_after_block: Dict[int, List[str]] = {}
+        for name, index in self._tap_blocks.items():
+            self._taps_after_block.setdefault(index, []).append(name)
+        # Blocks after the last tapped one would never get a gradient: skip and freeze them.
+        self._num_run_blocks = max(self._tap_blocks.values()) + 1
+        if self._num_run_blocks < self.num_layers:
+            logger.info(
+                "Blocks %d..%d feed no output; they are skipped and frozen.",
+                self._num_run_blocks,
+                self.num_layers - 1,
+            )
+        self._trainable_trunk_names = self._freeze(freeze_blocks)
+
+    def _check_out_indices(self, out_indices):
+        ok = len(out_indices) == len(_LEVEL_SCALES) and all(
+            0 <= i < self.num_layers for i in out_indices
+        )
+        if not ok or list(out_indices) != sorted(out_indices):
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.OUT_INDICES must be {len(_LEVEL_SCALES)} non-decreasing block "
+                f"indices in [0, {self.num_layers}), got {list(out_indices)}."
+            )
+
+    def _freeze(self, freeze_blocks: int) -> List[str]:
+        if not -1 <= freeze_blocks <= self.num_layers:
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.FREEZE_BLOCKS must be -1 (all), 0 (none) or a number of "
+                f"blocks up to {self.num_layers}, got {freeze_blocks}."
+            )
+        trainable = []
+        for name, param in self.trunk.named_parameters():
+            layer = self._adapter.layer_id(name, self.num_layers)
+            frozen = (
+                freeze_blocks == -1
+                or (freeze_blocks > 0 and layer <= freeze_blocks)
+                or self._num_run_blocks < layer <= self.num_layers
+            )
+            param.requires_grad_(not frozen)
+            if not frozen:
+                trainable.append(name)
+        return trainable
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None):
+        bcfg = cfg.MODEL.VLT_BACKBONE
+        if input_shape is not None and input_shape.channels not in (None, 3):
+            raise ValueError(
+                f"The ViT trunks take RGB images; MODEL.PIXEL_MEAN has {input_shape.channels} "
+                "channels."
+            )
+        if bcfg.FINETUNE not in FINETUNE_MODES:
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.FINETUNE must be one of {FINETUNE_MODES}, got "
+                f"'{bcfg.FINETUNE}'."
+            )
+        trunk = build_trunk(
+            bcfg.ARCH,
+            embed_dim=bcfg.EMBED_DIM,
+            depth=bcfg.DEPTH,
+            num_heads=bcfg.NUM_HEADS,
+            patch_size=bcfg.PATCH_SIZE,
+            drop_path_rate=bcfg.DROP_PATH_RATE,
+            pretrained=bcfg.PRETRAINED,
+        )
+        # "frozen_warmup" builds like "full"; a training hook toggles set_trunk_trainable().
+        freeze_blocks = bcfg.FREEZE_BLOCKS if bcfg.FINETUNE in ("full", "frozen_warmup") else -1
+        rein = None
+        if bcfg.FINETUNE == "rein":
+            # Imported here: Rein lives in its own file and only this mode needs it.
+            from .rein import Rein
+
+            adapter = get_trunk_adapter(trunk)
+            rein = Rein(
+                num_layers=len(adapter.blocks(trunk)),
+                embed_dim=adapter.embed_dim(trunk),
+                num_tokens=bcfg.REIN.NUM_TOKENS,
+                rank=bcfg.REIN.RANK,
+                scale_init=bcfg.REIN.SCALE_INIT,
+                patch_size=adapter.patch_size(trunk),
+            )
+        return {
+            "trunk": trunk,
+            "output": bcfg.OUTPUT,
+            "out_features": list(bcfg.OUT_FEATURES),
+            "out_indices": list(bcfg.OUT_INDICES),
+            "freeze_blocks": freeze_blocks,
+            "grad_checkpoint": bcfg.GRAD_CHECKPOINT,
+            "rein": rein,
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    # Backbone interface
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def size_divisibility(self) -> int:
+        """int: 2 * patch size in "multiscale" mode (the 0.5x max-pool), the patch size in
+        "single" mode."""
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        """dict: ``{"size_divisibility": int, "square_size": 0}``."""
+        return {"size_divisibility": self._size_divisibility, "square_size": 0}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x (Tensor): normalized images [B, 3, H, W], H and W multiples of the patch size.
+
+        Returns:
+            dict[str, Tensor]: "res2".."res5" -> [B, C, H / s, W / s] for s = p/4, p/2, p, 2p
+            (floor for res5), or {"last_feat": [B, C, H / p, W / p]}.
+        """
+        if x.dim() != 4:
+            raise ValueError(f"CLIPViTBackbone expects [B, 3, H, W] images, got {tuple(x.shape)}.")
+        height, width = x.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Input size {height}x{width} is not a multiple of the patch size "
+                f"{self.patch_size}; pad images to backbone.size_divisibility "
+                f"({self.size_divisibility})."
+            )
+        grid = (height // self.patch_size, width // self.patch_size)
+        tokens, block_kwargs = self._adapter.embed(self.trunk, x)
+        blocks = self._adapter.blocks(self.trunk)
+        maps = {}
+        for i in range(self._num_run_blocks):
+            if self.grad_checkpoint and self.training:
+                tokens = checkpoint(
+                    self._adapter.run_block, blocks[i], tokens, use_reentrant=False, **block_kwargs
+                )
+            else:
+                tokens = self._adapter.run_block(blocks[i], tokens, **block_kwargs)
+            if self.rein is not None:
+                tokens = self.rein(tokens, i, self.num_prefix_tokens)
+            for name in self._taps_after_block.get(i, ()):
+                maps[name] = self._to_map(tokens, grid)
+        if self.neck is None:
+            return maps
+        return self.neck(maps)
+
+    def _to_map(self, tokens: torch.Tensor, grid) -> torch.Tensor:
+        # [B, P + h * w, C] -> [B, C, h, w]
+        patches = tokens[:, self.num_prefix_tokens :]
+        return patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+
+    # ----------------------------------------------------------------------------------------------
+    # Training helpers (solver and hooks)
+    # ----------------------------------------------------------------------------------------------
+    def layer_id(self, name: str) -> int:
+        """
+        Layer id for layer-wise lr decay (Detectron2's ``get_vit_lr_decay_rate`` semantics).
+
+        Args:
+            name (str): parameter name relative to this module, e.g.
+                "trunk.blocks.3.attn.qkv.weight" or "neck.levels.res2.0.weight".
+
+        Returns:
+            int: 0 for the embeddings, i + 1 for block i, num_layers + 1 for the rest (neck,
+            Rein).
+        """
+        prefix = "trunk."
+        if name.startswith(prefix):
+            return self._adapter.layer_id(name[len(prefix) :], self.num_layers)
+        return self.num_layers + 1
+
+    def set_trunk_trainable(self, flag: bool) -> None:
+        """
+        Switch ``requires_grad`` of the trunk parameters that FREEZE_BLOCKS leaves trainable
+        (the others stay frozen); used by the frozen-backbone warm-up.
+
+        Args:
+            flag (bool):
+        """
+        params = dict(self.trunk.named_parameters())
+        for name in self._trainable_trunk_names:
+            params[name].requires_grad_(flag)
+
+    def trunk_parameters(self) -> Iterator[nn.Parameter]:
+        """Returns: an iterator over all trunk parameters (frozen or not)."""
+        return self.trunk.parameters()
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_vit_backbone(cfg, input_shape):
+    """
+    Build :class:`CLIPViTBackbone` from ``cfg.MODEL.VLT_BACKBONE`` (MODEL.BACKBONE.NAME
+    "build_clip_vit_backbone").
+
+    Returns:
+        CLIPViTBackbone
+    """
+    return CLIPViTBackbone(cfg, input_shape)

@@ -1,0 +1,105 @@
+"""Adapter for open_clip's own ``VisionTransformer`` (OpenAI CLIP ViT-B/16, ViT-L/14 and the
+LAION / DataComp models with the same architecture)."""
+import math
+from typing import Tuple
+
+import torch
+from open_clip.transformer import VisionTransformer
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from torch import nn
+
+from .trunk_adapter import TrunkAdapter, _square, register_trunk_adapter
+
+__all__ = ["OpenCLIPViTAdapter"]
+
+# Prefix of the image tower in open_clip and OpenAI CLIP state dicts of the full model.
+_VISUAL_PREFIX = "visual."
+
+
+@register_trunk_adapter
+class OpenCLIPViTAdapter(TrunkAdapter):
+    """
+    Drives ``open_clip.transformer.VisionTransformer``. One class token; position embeddings
+    ``positional_embedding`` [1 + h * w, C] are resampled (bicubic, timm's
+    ``resample_abs_pos_embed``) to each input's grid. OpenAI TorchScript archives and open_clip
+    checkpoints share the key names (under ``visual.`` in full CLIP models).
+    """
+
+    trunk_type = VisionTransformer
+    family = "open_clip ViT"
+    embedding_names = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+    blocks_name = "transformer.resblocks"
+    head_names = ("ln_post", "proj", "attn_pool", "attn_pool_contrastive")
+
+    def check_trunk(self, trunk):
+        if not trunk.transformer.batch_first:
+            raise ValueError("The open_clip VisionTransformer must run batch-first.")
+        if not isinstance(trunk.patch_dropout, nn.Identity):
+            raise ValueError(
+                "The open_clip trunk was built with patch dropout, which drops tokens of the dense "
+                "feature maps; build it with patch_dropout=0."
+            )
+
+    def embed_dim(self, trunk):
+        return int(trunk.transformer.width)
+
+    def patch_size(self, trunk):
+        return _square(trunk.patch_size, "patch size")
+
+    def grid_size(self, trunk):
+        return tuple(int(s) for s in trunk.grid_size)
+
+    def num_prefix_tokens(self, trunk):
+        return 1
+
+    def embed(self, trunk, x):
+        x = trunk.conv1(x)  # [B, C, h, w]
+        grid = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # [B, h * w, C]
+        cls_token = trunk.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls_token, x], dim=1)
+        pos_embed = resample_abs_pos_embed(
+            trunk.positional_embedding.unsqueeze(0),
+            new_size=grid,
+            old_size=self.grid_size(trunk),
+            num_prefix_tokens=1,
+        )
+        x = x + pos_embed.to(x.dtype)
+        return trunk.ln_pre(x), {}
+
+    def convert_checkpoint(self, state_dict, trunk):
+        if any(k.startswith(_VISUAL_PREFIX) for k in state_dict):
+            # A full CLIP model (OpenAI archive or open_clip checkpoint): keep the image tower.
+            state_dict = {
+                k[len(_VISUAL_PREFIX) :]: v
+                for k, v in state_dict.items()
+                if k.startswith(_VISUAL_PREFIX)
+            }
+        out = dict(state_dict)
+        kernel = out.get("conv1.weight")
+        if kernel is not None and tuple(kernel.shape[-2:]) != tuple(trunk.conv1.kernel_size):
+            out["conv1.weight"] = resample_patch_embed(
+                kernel.float(), list(trunk.conv1.kernel_size), verbose=True
+            )
+        pos_embed = out.get("positional_embedding")
+        if pos_embed is not None and pos_embed.shape != trunk.positional_embedding.shape:
+            out["positional_embedding"] = _resample_pos_embed(pos_embed, self.grid_size(trunk))
+        return out
+
+
+def _resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Resample a square-grid [1 + n * n, C] position embedding to [1 + grid[0] * grid[1], C]."""
+    side = math.isqrt(pos_embed.shape[0] - 1)
+    if pos_embed.ndim != 2 or side * side != pos_embed.shape[0] - 1:
+        raise ValueError(
+            f"positional_embedding of shape {tuple(pos_embed.shape)} is not [1 + n * n, C]; "
+            "cannot resample it to the trunk's grid."
+        )
+    resampled = resample_abs_pos_embed(
+        pos_embed.float().unsqueeze(0),
+        new_size=list(grid),
+        old_size=[side, side],
+        num_prefix_tokens=1,
+        verbose=True,
+    )
+    return resampled.squeeze(0)

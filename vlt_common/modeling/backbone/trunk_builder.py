@@ -1,0 +1,187 @@
+"""
+Build a ViT trunk by name: an open_clip model's image tower or a timm ViT, optionally shrunk,
+with its patch size, drop-path rate and pre-trained weights.
+
+Position-embedding grid: a trunk keeps the grid it was pre-trained with (e.g. 16 x 16 for
+EVA02-L/14 at 224 px, 37 x 37 for DINOv2) even when its patch kernel is resampled to 16, so
+that the checkpoint's position embeddings load unchanged; the backbone interpolates them to every
+input's grid in the forward pass.
+"""
+import logging
+from typing import Dict, Optional
+
+import open_clip
+import timm
+import torch
+from open_clip.model import _build_vision_tower
+from timm.layers import DropPath, calculate_drop_path_rates
+from torch import nn
+
+# Importing the adapters registers them.
+from . import openclip_vit, timm_eva, timm_sam, timm_vit  # noqa: F401
+from .trunk_adapter import get_trunk_adapter
+from .weights import load_trunk_state_dict, read_checkpoint
+
+__all__ = ["build_trunk", "expected_weights"]
+
+logger = logging.getLogger(__name__)
+
+# ARCH values with this prefix name a timm model; anything else is an open_clip model name.
+TIMM_PREFIX = "timm:"
+
+
+def expected_weights(arch: str) -> str:
+    """
+    Args:
+        arch (str): a MODEL.VLT_BACKBONE.ARCH value.
+
+    Returns:
+        str: the files users download for ``arch``, for error messages.
+    """
+    if arch.startswith(TIMM_PREFIX):
+        return (
+            f"a checkpoint of the timm model {arch[len(TIMM_PREFIX):]} (timm .safetensors / .bin, "
+            "or the original release's .pth)"
+        )
+    config = open_clip.get_model_config(arch) or {}
+    if config.get("vision_cfg", {}).get("timm_model_name", "").startswith("eva"):
+        return f"the EVA-CLIP EVA02_CLIP_*.pt or an open_clip checkpoint of {arch}"
+    return f"the OpenAI CLIP {arch}.pt or an open_clip checkpoint of {arch} (.bin / .safetensors)"
+
+
+def build_trunk(
+    arch: str,
+    *,
+    embed_dim: int = 0,
+    depth: int = 0,
+    num_heads: int = 0,
+    patch_size: int = 16,
+    drop_path_rate: float = 0.0,
+    pretrained: str = "",
+) -> nn.Module:
+    """
+    Build the image tower named ``arch``, head removed, ready for :class:`CLIPViTBackbone`.
+
+    Args:
+        arch (str): an open_clip model name ("ViT-B-16", "ViT-L-14", "EVA02-B-16", "EVA02-L-14",
+            any other open_clip ViT) or "timm:<timm model name>" (e.g.
+            "timm:vit_large_patch14_dinov2", "timm:samvit_base_patch16").
+        embed_dim, depth, num_heads (int): shrink the architecture (0 keeps its value). With
+            ``num_heads`` 0 and a new ``embed_dim``, the architecture's head width is kept.
+        patch_size (int): patch size to run at; a pre-trained kernel of another size is resampled
+            (timm's ``resample_patch_embed``). 0 keeps the architecture's patch size.
+        drop_path_rate (float): stochastic depth of the last block, linearly increasing from 0.
+        pretrained (str): local checkpoint path ("" keeps the random initialization).
+
+    Returns:
+        nn.Module: the trunk (open_clip ``VisionTransformer`` or a timm model).
+    """
+    checkpoint, fmt = None, None
+    if pretrained:
+        # Read first: a missing file fails before a large model is built, and OpenAI archives
+        # decide the activation.
+        checkpoint, fmt = read_checkpoint(pretrained, expected=expected_weights(arch))
+    shrink = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    if arch.startswith(TIMM_PREFIX):
+        trunk = _build_timm(arch[len(TIMM_PREFIX) :], shrink, patch_size, drop_path_rate)
+    else:
+        config = open_clip.get_model_config(arch)
+        if config is None:
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.ARCH '{arch}' is neither an open_clip model (e.g. ViT-B-16, "
+                f"EVA02-L-14; see open_clip.list_models()) nor '{TIMM_PREFIX}<timm model name>'."
+            )
+        vision_cfg = config["vision_cfg"]
+        if vision_cfg.get("timm_model_name"):
+            trunk = _build_timm(vision_cfg["timm_model_name"], shrink, patch_size, drop_path_rate)
+        else:
+            # OpenAI's CLIP was trained with QuickGELU; its TorchScript archives need it.
+            quick_gelu = config.get("quick_gelu", False) or fmt == "torchscript"
+            if quick_gelu and not config.get("quick_gelu", False):
+                logger.info("OpenAI CLIP archive '%s': %s uses QuickGELU.", pretrained, arch)
+            trunk = _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu)
+    adapter = get_trunk_adapter(trunk)
+    adapter.strip_head(trunk)
+    adapter.check_trunk(trunk)
+    if checkpoint is not None:
+        load_trunk_state_dict(trunk, checkpoint, source=pretrained)
+    return trunk
+
+
+def _resolve_heads(shrink: Dict[str, int], width: int, heads: int) -> Optional[int]:
+    """Number of heads for a shrunk width (None: unchanged)."""
+    if not shrink["embed_dim"] and not shrink["num_heads"]:
+        return None
+    new_width = shrink["embed_dim"] or width
+    new_heads = shrink["num_heads"] or new_width // (width // heads)
+    if new_heads < 1 or new_width % new_heads:
+        raise ValueError(
+            f"MODEL.VLT_BACKBONE.EMBED_DIM {new_width} cannot be split into "
+            f"{new_heads} attention heads; set MODEL.VLT_BACKBONE.NUM_HEADS to a divisor of it."
+        )
+    return new_heads
+
+
+def _build_timm(name, shrink, patch_size, drop_path_rate):
+    with torch.device("meta"):
+        # The architecture at its defaults, without allocating weights: its patch size, grid,
+        # width and depth decide the build arguments.
+        native = timm.create_model(name, pretrained=False)
+    adapter = get_trunk_adapter(native)
+    patch = patch_size or adapter.patch_size(native)
+    grid = adapter.grid_size(native)
+    depth = shrink["depth"] or len(adapter.blocks(native))
+    kwargs = dict(
+        num_classes=0,
+        patch_size=patch,
+        img_size=(grid[0] * patch, grid[1] * patch),
+        drop_path_rate=drop_path_rate,
+        **adapter.timm_create_kwargs(native, depth),
+    )
+    if shrink["embed_dim"]:
+        kwargs["embed_dim"] = shrink["embed_dim"]
+    if shrink["depth"]:
+        kwargs["depth"] = shrink["depth"]
+    heads = _resolve_heads(shrink, adapter.embed_dim(native), adapter.num_heads(native))
+    if heads is not None:
+        kwargs["num_heads"] = heads
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu):
+    cfg = dict(vision_cfg)
+    native_patch = cfg.get("patch_size", 16)
+    image_size = cfg.get("image_size", 224)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    patch = patch_size or native_patch
+    cfg["patch_size"] = patch
+    cfg["image_size"] = [s // native_patch * patch for s in size]
+    cfg["patch_dropout"] = 0.0
+    width = cfg.get("width", 768)
+    heads = _resolve_heads(shrink, width, width // cfg.get("head_width", 64))
+    if shrink["embed_dim"]:
+        cfg["width"] = shrink["embed_dim"]
+    if shrink["depth"]:
+        cfg["layers"] = shrink["depth"]
+    if heads is not None:
+        cfg["head_width"] = cfg.get("width", width) // heads
+    # The projection width is irrelevant: the projection is removed with the head.
+    trunk = _build_vision_tower(embed_dim=width, vision_cfg=cfg, quick_gelu=quick_gelu)
+    if drop_path_rate > 0:
+        _add_drop_path(trunk, drop_path_rate)
+    return trunk
+
+
+def _add_drop_path(trunk, drop_path_rate):
+    """open_clip's blocks have no stochastic depth; put it where their layer scales sit."""
+    blocks = trunk.transformer.resblocks
+    for block, rate in zip(blocks, calculate_drop_path_rates(drop_path_rate, len(blocks))):
+        if not (isinstance(block.ls_1, nn.Identity) and isinstance(block.ls_2, nn.Identity)):
+            raise ValueError(
+                "MODEL.VLT_BACKBONE.DROP_PATH_RATE > 0 is not supported for open_clip towers with "
+                "layer scale."
+            )
+        # Each residual branch ends in ls_1 / ls_2 (x + ls_1(attn(...))), so a DropPath there
+        # drops exactly the branch, as in timm's blocks.
+        block.ls_1 = DropPath(rate)
+        block.ls_2 = DropPath(rate)
