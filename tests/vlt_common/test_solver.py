@@ -234,8 +234,11 @@ def test_full_model_clipping_matches_clip_grad_norm():
         WEIGHT_DECAY_EMBED=0.0,
         MOMENTUM=0.0,
         BACKBONE_MULTIPLIER=1.0,
-        **{"CLIP_GRADIENTS.ENABLED": True, "CLIP_GRADIENTS.CLIP_TYPE": "full_model",
-           "CLIP_GRADIENTS.CLIP_VALUE": 0.01},
+        **{
+            "CLIP_GRADIENTS.ENABLED": True,
+            "CLIP_GRADIENTS.CLIP_TYPE": "full_model",
+            "CLIP_GRADIENTS.CLIP_VALUE": 0.01,
+        },
     )
     optimizer = build_optimizer(cfg, model)
     _fill_grads(model, 1)
@@ -257,8 +260,11 @@ def test_per_parameter_norm_clipping():
     model = _Model()
     cfg = _cfg(
         OPTIMIZER="SGD",
-        **{"CLIP_GRADIENTS.ENABLED": True, "CLIP_GRADIENTS.CLIP_TYPE": "norm",
-           "CLIP_GRADIENTS.CLIP_VALUE": 0.5},
+        **{
+            "CLIP_GRADIENTS.ENABLED": True,
+            "CLIP_GRADIENTS.CLIP_TYPE": "norm",
+            "CLIP_GRADIENTS.CLIP_VALUE": 0.5,
+        },
     )
     optimizer = build_optimizer(cfg, model)
     _fill_grads(model, 2)

@@ -157,16 +157,15 @@ def test_load_openai_torchscript_archive(tmp_path):
     path = tmp_path / "ViT-tiny.pt"
     traced.half().save(str(path))
 
-    encoder = CLIPTextEncoder("ViT-B-16", pretrained=str(path), width=64, layers=2, heads=1,
-                              embed_dim=32)
+    one_head = dict(width=64, layers=2, heads=1, embed_dim=32)
+    encoder = CLIPTextEncoder("ViT-B-16", pretrained=str(path), **one_head)
     reference = open_clip.load_openai_model(str(path), device="cpu")  # QuickGELU, fp32
     with torch.no_grad():
         expected = F.normalize(reference.encode_text(tokens), dim=-1)
     got = encoder.encode_classes(["car"], templates=("a photo of a {}.",))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     # without QuickGELU the same weights give other embeddings
-    gelu = CLIPTextEncoder("ViT-B-16", pretrained=str(path), width=64, layers=2, heads=1,
-                           embed_dim=32, quick_gelu=False)
+    gelu = CLIPTextEncoder("ViT-B-16", pretrained=str(path), quick_gelu=False, **one_head)
     assert not torch.allclose(gelu.encode_classes(["car"], ("a photo of a {}.",)), expected)
 
 

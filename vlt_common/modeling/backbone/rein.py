@@ -1,5 +1,6 @@
 """Rein: learnable-token refinement of a frozen ViT ("Stronger, Fewer, & Superior: Harnessing
-Vision Foundation Models for Domain Generalized Semantic Segmentation", arXiv 2312.04265, CVPR 2024).
+Vision Foundation Models for Domain Generalized Semantic Segmentation", arXiv 2312.04265,
+CVPR 2024).
 
 Written from the paper's equations and checked against the semantics of the official code
 (github.com/w1oves/Rein, ``rein/models/backbones/reins.py``, class ``LoRAReins``).
