@@ -4,7 +4,14 @@ jitter, layer-wise lr decay) on VLT's CLIP / EVA-CLIP ViT backbones.
 Importing the package registers the backbone builder ``build_clip_vit_sfp_backbone``
 (``MODEL.BACKBONE.NAME``) and the ``"detection_lsj"`` mapper (``INPUT.DATASET_MAPPER_NAME``).
 """
+from .backbone import VLTSimpleFeaturePyramid, build_clip_vit_sfp_backbone
 from .config import add_vltdet_config
 from .mapper import LSJDatasetMapper, build_lsj_augmentation
 
-__all__ = ["add_vltdet_config", "LSJDatasetMapper", "build_lsj_augmentation"]
+__all__ = [
+    "add_vltdet_config",
+    "build_clip_vit_sfp_backbone",
+    "build_lsj_augmentation",
+    "LSJDatasetMapper",
+    "VLTSimpleFeaturePyramid",
+]

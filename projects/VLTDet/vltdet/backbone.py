@@ -1,0 +1,131 @@
+"""ViTDet's simple feature pyramid over VLT's shared single-scale ViT backbone.
+
+Detectron2's :class:`SimpleFeaturePyramid` does the work; the subclass here only
+
+- reports its padding constraints under the key ``ImageList.from_tensors`` reads (Detectron2 spells
+  it ``size_divisiblity``, so batches are never padded to the pyramid's stride unless a square pad
+  is set, and a 64x95 image would give p5/p6 maps that no longer line up with the anchors);
+- forwards VLT's backbone contract of the wrapped trunk (``num_layers``, ``layer_id`` for
+  layer-wise lr decay, ``set_trunk_trainable`` for the frozen-backbone warm-up,
+  ``trunk_parameters``), with the trunk's parameters under ``net.``.
+"""
+from detectron2.modeling import BACKBONE_REGISTRY, SimpleFeaturePyramid
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+from vlt_common.modeling.backbone import build_clip_vit_backbone
+
+__all__ = ["VLTSimpleFeaturePyramid", "build_clip_vit_sfp_backbone"]
+
+# The single map the trunk must return (MODEL.VLT_BACKBONE.OUTPUT "single").
+_IN_FEATURE = "last_feat"
+# The rescalings SimpleFeaturePyramid implements (deconvolutions, identity, max-pool).
+_SUPPORTED_SCALES = (4.0, 2.0, 1.0, 0.5)
+
+
+class VLTSimpleFeaturePyramid(SimpleFeaturePyramid):
+    """
+    :class:`SimpleFeaturePyramid` with working divisibility padding and VLT's backbone contract
+    (see :class:`vlt_common.modeling.backbone.CLIPViTBackbone`) forwarded to the trunk.
+
+    Constructor arguments are those of :class:`SimpleFeaturePyramid`; ``net`` must return a map at
+    a power-of-two stride (16 for VLT's trunks; patch-14 encoders are resampled to patch 16).
+    """
+
+    def __init__(self, net, in_feature, **kwargs):
+        stride = net.output_shape()[in_feature].stride
+        if stride & (stride - 1):
+            raise ValueError(
+                f"The simple feature pyramid needs a power-of-two backbone stride, got {stride} "
+                f"for feature '{in_feature}'. Set MODEL.VLT_BACKBONE.PATCH_SIZE to 16."
+            )
+        super().__init__(net, in_feature, **kwargs)
+
+    @property
+    def size_divisibility(self):
+        """int: the coarsest stride of the pyramid's scaled maps (32 for p2..p5)."""
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self):
+        """dict: ``{"size_divisibility": int, "square_size": int}`` as
+        :meth:`ImageList.from_tensors` expects (square_size 0 means no square padding)."""
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
+    @property
+    def num_layers(self):
+        """int: number of transformer blocks of the wrapped trunk."""
+        return self.net.num_layers
+
+    def layer_id(self, name):
+        """
+        Layer id of a parameter for layer-wise lr decay.
+
+        Args:
+            name (str): parameter name relative to this module (``"net.<...>"`` for the trunk,
+                ``"simfp_<k>.<...>"`` for the pyramid).
+
+        Returns:
+            int: the trunk's id for its own parameters; ``num_layers + 1`` (full lr, like the
+            heads) for the pyramid.
+        """
+        prefix = "net."
+        if name.startswith(prefix):
+            return self.net.layer_id(name[len(prefix) :])
+        return self.num_layers + 1
+
+    def set_trunk_trainable(self, flag):
+        """
+        Switch ``requires_grad`` of the trainable trunk parameters (frozen-backbone warm-up); the
+        pyramid always trains.
+
+        Args:
+            flag (bool):
+        """
+        self.net.set_trunk_trainable(flag)
+
+    def trunk_parameters(self):
+        """Returns: an iterator over all trunk parameters (frozen or not)."""
+        return self.net.trunk_parameters()
+
+
+@BACKBONE_REGISTRY.register()
+def build_clip_vit_sfp_backbone(cfg, input_shape):
+    """
+    Build the shared CLIP / EVA-CLIP ViT (``MODEL.VLT_BACKBONE``) with a ViTDet pyramid on top.
+
+    Reads ``MODEL.VLTDET.{OUT_CHANNELS, SCALE_FACTORS, NORM, SQUARE_PAD}``; the trunk must be set
+    to ``MODEL.VLT_BACKBONE.OUTPUT "single"`` with ``OUT_FEATURES ["last_feat"]``.
+
+    Args:
+        cfg (CfgNode): the config.
+        input_shape (ShapeSpec): image channels.
+
+    Returns:
+        VLTSimpleFeaturePyramid: maps p2..p6 (for the default scale factors).
+    """
+    bb = cfg.MODEL.VLT_BACKBONE
+    if bb.OUTPUT != "single" or list(bb.OUT_FEATURES) != [_IN_FEATURE]:
+        raise ValueError(
+            "VLTDet's pyramid reads the single stride-16 map of the trunk: set "
+            f"MODEL.VLT_BACKBONE.OUTPUT 'single' and OUT_FEATURES ['{_IN_FEATURE}'] "
+            f"(got {bb.OUTPUT!r} and {list(bb.OUT_FEATURES)})."
+        )
+    square_pad = cfg.MODEL.VLTDET.SQUARE_PAD
+    if square_pad < 0:
+        raise ValueError(f"MODEL.VLTDET.SQUARE_PAD must be >= 0, got {square_pad}")
+    scale_factors = tuple(float(s) for s in cfg.MODEL.VLTDET.SCALE_FACTORS)
+    if not scale_factors or not set(scale_factors) <= set(_SUPPORTED_SCALES):
+        raise ValueError(
+            f"MODEL.VLTDET.SCALE_FACTORS must be taken from {_SUPPORTED_SCALES}, got "
+            f"{scale_factors}"
+        )
+    net = build_clip_vit_backbone(cfg, input_shape)
+    return VLTSimpleFeaturePyramid(
+        net,
+        _IN_FEATURE,
+        out_channels=cfg.MODEL.VLTDET.OUT_CHANNELS,
+        scale_factors=scale_factors,
+        top_block=LastLevelMaxPool(),
+        norm=cfg.MODEL.VLTDET.NORM,
+        square_pad=square_pad,
+    )
