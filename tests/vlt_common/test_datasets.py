@@ -134,9 +134,18 @@ def test_dataset_dicts_of_every_name(registered_at):
     assert MetadataCatalog.get("acdc_val").image_root == str(registered_at / "acdc/rgb_anon")
 
 
-def test_registration_reads_nothing(tmp_path):
-    # A root that does not exist registers fine; the error comes when the dicts are asked for.
-    _reregister(str(tmp_path / "nowhere"))
+def test_registration_reads_nothing(tmp_path, monkeypatch):
+    def no_io(*args, **kwargs):
+        raise AssertionError("registration touched the file system")
+
+    with monkeypatch.context() as patch:
+        for name in ("walk", "listdir", "scandir", "stat"):
+            patch.setattr(os, name, no_io)
+        patch.setattr(os.path, "isdir", no_io)
+        patch.setattr(os.path, "exists", no_io)
+        patch.setattr("builtins.open", no_io)
+        _reregister(str(tmp_path / "nowhere"))
+    # The error comes when the dicts are asked for.
     try:
         with pytest.raises(FileNotFoundError, match="nowhere/gta5/images"):
             DatasetCatalog.get("gta5_train")

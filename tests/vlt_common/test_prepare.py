@@ -73,7 +73,7 @@ def test_gta5_contents_and_registration_pairing(tmp_path, caplog):
     assert summary.unknown_ids == {str(root / f"labels/{i:05d}.png"): 1 for i in (1, 2, 3)}
     assert "00001.png (1 pixels)" in caplog.text
     (part,) = SEM_SEG_SPLITS["gta5_train"][1]
-    dicts = load_dg_sem_seg([part.under(str(tmp_path))], "gta5", str(tmp_path))
+    dicts = load_dg_sem_seg([part.under(str(tmp_path))])
     assert [os.path.basename(d["sem_seg_file_name"]) for d in dicts] == [
         f"{i:05d}_labelTrainIds.png" for i in (1, 2, 3)
     ]

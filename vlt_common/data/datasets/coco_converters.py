@@ -77,7 +77,7 @@ def mask_annotation(mask: np.ndarray, thing: int, iscrowd: bool) -> Dict:
         dict: "category_id" (thing + 1), "bbox" [x, y, w, h] of the mask's pixels, "area" (pixel
         count), "iscrowd", "segmentation" (RLE with a str "counts").
     """
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
     bbox = [float(v) for v in mask_util.toBbox(rle)]
     rle["counts"] = rle["counts"].decode("ascii")
     return {
@@ -153,9 +153,11 @@ def _cityscapes_record(job: Tuple[str, str, str]) -> Record:
         if not obj.deleted and label.hasInstances and label.id not in CITYSCAPES_ID_TO_THING:
             skipped[label.name] += 1
     # Instance ids: class id * 1000 + k for single objects, the class id for "group" polygons.
-    instances = np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
+    # Column-major, so that each mask is already in the order pycocotools encodes.
+    instances = np.asfortranarray(createInstanceImage(annotation, "ids"), dtype=np.int32)
     anns = []
-    for value in np.unique(instances):
+    # bincount finds the ids present far faster than np.unique's sort on 2-megapixel maps.
+    for value in np.flatnonzero(np.bincount(instances.ravel(order="K"))):
         label_id = value // 1000 if value >= 1000 else value
         thing = CITYSCAPES_ID_TO_THING.get(int(label_id))
         if thing is not None:
@@ -267,8 +269,9 @@ def _acdc_record(job: Tuple[Dict, str, List[Dict], Dict[int, str]]) -> Record:
             f"panoptic PNG {png_path} has size (h, w)={rgb.shape[:2]} but its image entry says "
             f"{(image['height'], image['width'])}"
         )
-    # COCO panoptic encoding: segment id = R + 256 * G + 256^2 * B.
-    segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    # COCO panoptic encoding: segment id = R + 256 * G + 256^2 * B. Column-major, so that each
+    # mask is already in the order pycocotools encodes.
+    segment_ids = np.asfortranarray(rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2])
     anns, skipped = [], Counter()
     for segment in segments:
         thing = CITYSCAPES_ID_TO_THING.get(segment["category_id"])

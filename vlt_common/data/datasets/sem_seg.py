@@ -1,8 +1,8 @@
 """Semantic-segmentation datasets in the 19-class Cityscapes label space.
 
 Registration only stores paths; the folders are listed when Detectron2 asks for the dataset dicts.
-A missing folder or label map then raises an error that names the path and prints the layout the
-dataset needs (:data:`layouts.EXPECTED_TREES`).
+A missing folder or label map then raises an error that names the path and, for the built-in
+datasets, prints the layout the dataset needs (:data:`layouts.EXPECTED_TREES`).
 """
 import functools
 import logging
@@ -43,32 +43,29 @@ def list_files(folder: str, suffix: str) -> List[str]:
     return sorted(found)
 
 
-def _require_dir(path: str, what: str, dataset: str, root: str) -> None:
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"{what} folder {path} does not exist.\n{expected_tree(dataset, root)}"
-        )
+def _missing(message: str, hint: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{message}\n{hint}".rstrip())
 
 
-def _load_part(part: SemSegPart, dataset: str, root: str) -> List[Dict]:
-    _require_dir(part.image_dir, "image", dataset, root)
+def _load_part(part: SemSegPart, hint: str) -> List[Dict]:
+    if not os.path.isdir(part.image_dir):
+        raise _missing(f"image folder {part.image_dir} does not exist.", hint)
     images = list_files(part.image_dir, part.image_suffix)
     if not images:
-        raise FileNotFoundError(
-            f"no images '*{part.image_suffix}' under {part.image_dir}.\n"
-            f"{expected_tree(dataset, root)}"
-        )
+        raise _missing(f"no images '*{part.image_suffix}' under {part.image_dir}.", hint)
     stems = [rel[: -len(part.image_suffix)] for rel in images]
     labelled = part.label_dir is not None
     if labelled:
-        _require_dir(part.label_dir, "label", dataset, root)
+        if not os.path.isdir(part.label_dir):
+            raise _missing(f"label folder {part.label_dir} does not exist.", hint)
         labels = set(list_files(part.label_dir, part.label_suffix))
         missing = [s + part.label_suffix for s in stems if s + part.label_suffix not in labels]
         if missing:
             named = ", ".join(os.path.join(part.label_dir, m) for m in missing[:_MAX_NAMED])
-            raise FileNotFoundError(
+            raise _missing(
                 f"{len(missing)} of {len(images)} images under {part.image_dir} have no label map "
-                f"(e.g. {named}).\n{expected_tree(dataset, root)}"
+                f"(e.g. {named}).",
+                hint,
             )
     dicts = []
     for rel, stem in zip(images, stems):
@@ -82,7 +79,7 @@ def _load_part(part: SemSegPart, dataset: str, root: str) -> List[Dict]:
     return dicts
 
 
-def load_dg_sem_seg(parts: Sequence[SemSegPart], dataset: str, root: str) -> List[Dict]:
+def load_dg_sem_seg(parts: Sequence[SemSegPart], missing_hint: str = "") -> List[Dict]:
     """
     List the images (and train-id label maps) of a semantic-segmentation dataset.
 
@@ -90,9 +87,9 @@ def load_dg_sem_seg(parts: Sequence[SemSegPart], dataset: str, root: str) -> Lis
     dataset slow on network storage; Detectron2's mappers take them from the decoded image.
 
     Args:
-        parts (list[SemSegPart]): folders to concatenate, with absolute paths.
-        dataset (str): key of :data:`layouts.EXPECTED_TREES` shown when something is missing.
-        root (str): the datasets root (only used in error messages).
+        parts (list[SemSegPart]): folders to concatenate.
+        missing_hint (str): text appended to the error when something is missing (the expected
+            layout of a built-in dataset).
 
     Returns:
         list[dict]: Detectron2 dataset dicts with "file_name", "image_id" (the file name without
@@ -100,10 +97,10 @@ def load_dg_sem_seg(parts: Sequence[SemSegPart], dataset: str, root: str) -> Lis
 
     Raises:
         FileNotFoundError: a folder is missing or empty, or an image has no label map; the
-            message names the path and prints the expected layout.
+            message names the path (and shows ``missing_hint``).
         ValueError: two images share an image id.
     """
-    dicts = [d for part in parts for d in _load_part(part, dataset, root)]
+    dicts = [d for part in parts for d in _load_part(part, missing_hint)]
     seen = {}
     for d in dicts:
         other = seen.setdefault(d["image_id"], d["file_name"])
@@ -112,22 +109,24 @@ def load_dg_sem_seg(parts: Sequence[SemSegPart], dataset: str, root: str) -> Lis
                 f"image id {d['image_id']!r} is used by both {other} and {d['file_name']}"
             )
     folders = ", ".join(part.image_dir for part in parts)
-    logger.info(f"Loaded {len(dicts)} images of {dataset} from {folders}")
+    logger.info(f"Loaded {len(dicts)} images from {folders}")
     return dicts
 
 
-def register_dg_sem_seg(name: str, parts: Sequence[SemSegPart], dataset: str, root: str) -> None:
+def register_dg_sem_seg(
+    name: str, parts: Sequence[SemSegPart], *, missing_hint: str = ""
+) -> None:
     """
-    Register a semantic-segmentation dataset in the 19-class label space (no file I/O).
+    Register a semantic-segmentation dataset in the 19-class label space (no file I/O). Also
+    the way to add a dataset of one's own whose label maps hold the 19 train ids.
 
     Args:
         name (str): the dataset name, e.g. "cityscapes_val".
-        parts (list[SemSegPart]): its folders, relative to ``root`` (or absolute).
-        dataset (str): key of :data:`layouts.EXPECTED_TREES`.
-        root (str): the datasets root ($DETECTRON2_DATASETS).
+        parts (list[SemSegPart]): its folders (concatenated in order).
+        missing_hint (str): text appended to the error when something is missing.
     """
-    parts = [part.under(root) for part in parts]
-    DatasetCatalog.register(name, functools.partial(load_dg_sem_seg, parts, dataset, root))
+    parts = list(parts)
+    DatasetCatalog.register(name, functools.partial(load_dg_sem_seg, parts, missing_hint))
     metadata = {
         "stuff_classes": list(CITYSCAPES_19_CLASSES),
         "stuff_colors": [list(color) for color in CITYSCAPES_19_COLORS],
@@ -150,4 +149,5 @@ def register_all_dg_sem_seg(root: str) -> None:
         root (str): the datasets root ($DETECTRON2_DATASETS).
     """
     for name, (dataset, parts) in SEM_SEG_SPLITS.items():
-        register_dg_sem_seg(name, parts, dataset, root)
+        parts = [part.under(root) for part in parts]
+        register_dg_sem_seg(name, parts, missing_hint=expected_tree(dataset, root))
