@@ -8,7 +8,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from vlt_common.data.conversion import write_json, write_png
-from vlt_common.data.datasets import DET_SPLITS, SEM_SEG_SPLITS, datasets_root, register_dg_coco
+from vlt_common.data.datasets import (
+    DET_SPLITS,
+    SEM_SEG_SPLITS,
+    SemSegPart,
+    datasets_root,
+    register_dg_coco,
+    register_dg_sem_seg,
+)
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES, THING_CLASSES
 from vlt_common.data.datasets.coco import register_all_dg_detection
 from vlt_common.data.datasets.sem_seg import register_all_dg_sem_seg
@@ -182,6 +189,26 @@ def test_duplicate_image_ids_are_an_error(registered_at):
           "acdc/gt/rain/val/other/GOPRfog1_frame_000001_gt_labelTrainIds.png")
     with pytest.raises(ValueError, match="GOPRfog1_frame_000001"):
         DatasetCatalog.get("acdc_val")
+
+
+def test_user_sem_seg_dataset(tmp_path):
+    for i in (1, 2):
+        _pair(tmp_path, f"imgs/a/{i}.jpg", f"labs/a/{i}_trainIds.png")
+    part = SemSegPart(str(tmp_path / "imgs"), ".jpg", str(tmp_path / "labs"), "_trainIds.png")
+    register_dg_sem_seg("test_user_city", [part])
+    try:
+        meta = MetadataCatalog.get("test_user_city")
+        assert meta.evaluator_type == "dg_sem_seg" and meta.sem_seg_root == str(tmp_path / "labs")
+        dicts = DatasetCatalog.get("test_user_city")
+        assert [(d["image_id"], os.path.basename(d["sem_seg_file_name"])) for d in dicts] == [
+            ("1", "1_trainIds.png"), ("2", "2_trainIds.png")
+        ]
+        os.remove(tmp_path / "labs/a/2_trainIds.png")
+        with pytest.raises(FileNotFoundError, match=r"1 of 2 images .*2_trainIds\.png\)\.$"):
+            DatasetCatalog.get("test_user_city")
+    finally:
+        DatasetCatalog.remove("test_user_city")
+        MetadataCatalog.remove("test_user_city")
 
 
 def _user_coco(path, categories, annotations):
