@@ -9,6 +9,7 @@ from . import builtin_meta
 from .coco import load_dg_coco, register_all_dg_detection, register_dg_coco
 from .layouts import ACDC_CONDITIONS, DATASET_DIRS, DET_SPLITS, SEM_SEG_SPLITS, SemSegPart
 from .sem_seg import load_dg_sem_seg, register_all_dg_sem_seg, register_dg_sem_seg
+from vlt_common.data.synthdg import register_synthdg  # after builtin_meta: it imports it
 
 __all__ = [
     "builtin_meta",
@@ -34,3 +35,4 @@ def datasets_root() -> str:
 _root = datasets_root()
 register_all_dg_sem_seg(_root)
 register_all_dg_detection(_root)
+register_synthdg(_root)
