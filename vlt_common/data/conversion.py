@@ -54,7 +54,8 @@ def parallel_imap(
     Args:
         fn (callable): a picklable (module-level) function of one item.
         items (sequence): the inputs.
-        workers (int): processes; ``<= 1`` runs in this process (no pickling, easy to debug).
+        workers (int): processes; ``<= 1`` (or fewer than two items) runs in this process: no
+            pickling, easy to debug.
         desc (str): progress-bar label.
         ordered (bool): yield results in the order of ``items`` (else as they finish).
 
@@ -63,7 +64,7 @@ def parallel_imap(
     """
     bar = tqdm(total=len(items), desc=desc, unit="file", dynamic_ncols=True)
     with bar:
-        if workers <= 1:
+        if workers <= 1 or len(items) < 2:
             for item in items:
                 yield fn(item)
                 bar.update()
