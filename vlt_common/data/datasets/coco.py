@@ -74,6 +74,8 @@ def load_dg_coco(
     for path, what in ((json_file, "COCO json"), (image_root, "image folder")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{what} {path} does not exist.\n{missing_hint}".rstrip())
+    # Detectron2's loader does not return the categories when it keeps the json's ids, so they
+    # are read first (a second parse of the file, once per process).
     categories = _read_categories(json_file)
     id_map = {c["id"]: thing_index(c["name"]) for c in categories}
     id_map = {k: v for k, v in id_map.items() if v is not None}
