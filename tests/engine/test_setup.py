@@ -59,7 +59,8 @@ def test_every_config_merges(path):
     cfg = get_vlt_cfg()
     cfg.merge_from_file(path)
     assert cfg.MODEL.META_ARCHITECTURE
-    assert cfg.DATASETS.TEST, f"{path}: DATASETS.TEST is empty"
+    if not os.path.basename(path).startswith("Base-"):
+        assert cfg.DATASETS.TEST, f"{path}: DATASETS.TEST is empty"
 
 
 def _args(config_file, opts=()):

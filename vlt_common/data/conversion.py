@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vlt_common.engine.checkpoint import atomic_write_bytes
+from vlt_common.utils.atomic import atomic_write_bytes
 
 __all__ = [
     "parallel_imap",

@@ -6,42 +6,15 @@ points to: each file is written under a temporary name in the same folder and re
 """
 import logging
 import os
-import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer", "atomic_write_bytes"]
+from vlt_common.utils.atomic import atomic_write, atomic_write_bytes
+
+__all__ = ["AtomicCheckpointer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _atomic_write(path, write_fn, mode):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave nothing behind: the previous file (if any) is still intact.
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data):
-    """
-    Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-
-    Args:
-        path (str): destination file.
-        data (bytes or str): content.
-    """
-    mode = "wb" if isinstance(data, bytes) else "w"
-    _atomic_write(path, lambda f: f.write(data), mode)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -60,7 +33,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         logger.info("Saving checkpoint to %s", save_file)
-        _atomic_write(save_file, lambda f: torch.save(data, f), "wb")
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):

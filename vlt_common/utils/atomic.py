@@ -1,0 +1,40 @@
+"""Atomic file writes: readers (and a process killed mid-write) see the old file or the whole new
+one, never a truncated file."""
+import os
+import tempfile
+
+__all__ = ["atomic_write", "atomic_write_bytes"]
+
+
+def atomic_write(path, write_fn, mode="wb"):
+    """
+    Write a file through a temporary file in the same folder, then rename it into place
+    (``os.replace`` is atomic on POSIX). On an exception the temporary file is removed and
+    ``path`` is left as it was.
+
+    Args:
+        path (str): destination file.
+        write_fn (callable): called with the open temporary file object.
+        mode (str): "wb" or "w".
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data):
+    """
+    Args:
+        path (str): destination file.
+        data (bytes or str): the whole content.
+    """
+    atomic_write(path, lambda f: f.write(data), "wb" if isinstance(data, bytes) else "w")
