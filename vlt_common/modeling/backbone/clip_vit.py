@@ -110,7 +110,6 @@ class CLIPViTBackbone(Backbone):
         self.num_prefix_tokens = adapter.num_prefix_tokens(trunk)
         self.rein = rein
         self.grad_checkpoint = grad_checkpoint
-        self._output = output
 
         if output == "multiscale":
             out_indices = list(out_indices) or default_out_indices(self.num_layers)

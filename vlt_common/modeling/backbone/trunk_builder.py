@@ -44,8 +44,11 @@ def expected_weights(arch: str) -> str:
             "or the original release's .pth)"
         )
     config = open_clip.get_model_config(arch) or {}
-    if config.get("vision_cfg", {}).get("timm_model_name", "").startswith("eva"):
+    timm_name = config.get("vision_cfg", {}).get("timm_model_name") or ""
+    if timm_name.startswith("eva"):
         return f"the EVA-CLIP EVA02_CLIP_*.pt or an open_clip checkpoint of {arch}"
+    if timm_name:
+        return f"an open_clip checkpoint of {arch} (.bin / .safetensors)"
     return f"the OpenAI CLIP {arch}.pt or an open_clip checkpoint of {arch} (.bin / .safetensors)"
 
 
@@ -65,7 +68,10 @@ def build_trunk(
     Args:
         arch (str): an open_clip model name ("ViT-B-16", "ViT-L-14", "EVA02-B-16", "EVA02-L-14",
             any other open_clip ViT) or "timm:<timm model name>" (e.g.
-            "timm:vit_large_patch14_dinov2", "timm:samvit_base_patch16").
+            "timm:vit_large_patch14_dinov2", "timm:samvit_base_patch16"). OpenAI's CLIP was
+            trained with QuickGELU: its TorchScript archives select it by themselves, OpenAI
+            weights re-saved as open_clip state dicts need the "-quickgelu" name
+            ("ViT-B-16-quickgelu").
         embed_dim, depth, num_heads (int): shrink the architecture (0 keeps its value). With
             ``num_heads`` 0 and a new ``embed_dim``, the architecture's head width is kept.
         patch_size (int): patch size to run at; a pre-trained kernel of another size is resampled

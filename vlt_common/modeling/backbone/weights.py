@@ -76,13 +76,17 @@ def read_checkpoint(path: str, *, expected: str = "") -> Tuple[Dict[str, torch.T
     elif _is_safetensors(path):
         state_dict, fmt = load_safetensors(path, device="cpu"), "safetensors"
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        error = None if _is_torch_save(path) else "neither a zip archive nor a pickle"
+        if error is None:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+                error = f"{type(e).__name__}: {e}"
+        if error is not None:
             raise ValueError(
-                f"Cannot read '{path}' as a checkpoint ({type(e).__name__}: {e}). Expected a "
-                "TorchScript archive, a safetensors file or a torch.save'd state dict of tensors."
-            ) from e
+                f"Cannot read '{path}' as a checkpoint ({error}). Expected a TorchScript archive, "
+                "a safetensors file or a torch.save'd state dict of tensors."
+            )
         state_dict, fmt = _find_state_dict(obj, path), "torch"
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
@@ -95,6 +99,14 @@ def _is_torchscript(path: str) -> bool:
     with zipfile.ZipFile(path) as archive:
         # torch.jit.save writes the model's code next to the pickled data; torch.save does not.
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _is_torch_save(path: str) -> bool:
+    # torch.save writes a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts with 0x80).
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _is_safetensors(path: str) -> bool:
