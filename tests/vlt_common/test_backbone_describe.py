@@ -1,7 +1,11 @@
 """The describe_backbone smoke command, run through main() with a tiny trunk."""
 import pytest
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+from torch.nn import functional as F
 
-from vlt_common.tools.describe_backbone import main
+from vlt_common.tools.describe_backbone import main, sdpa_flop_jit
 
 TINY = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2"]
 
@@ -49,3 +53,16 @@ def test_describe_config_file_then_flags(tmp_path, capsys):
     assert "timm:samvit_base_patch16: timm.models.vision_transformer_sam" in out
     trainable, total = out.split("parameters: ")[1].split(" total")[0].split(" trainable / ")
     assert 0 < int(trainable.replace(",", "")) < int(total.replace(",", ""))
+
+
+class _Attention(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_sdpa_flop_handle_counts_both_matmuls():
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 4)
+    analysis = FlopCountAnalysis(_Attention(), (q, k, v))
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
+    # q kᵀ: 2 * 3 * 5 * 7 * 8 multiply-adds; softmax(.) v: 2 * 3 * 5 * 7 * 4.
+    assert analysis.total() == 2 * 3 * 5 * 7 * (8 + 4)
