@@ -13,20 +13,17 @@ fvcore for one image in inference mode (one fused multiply-add counts as one flo
 convention); attention (``scaled_dot_product_attention``) is counted too.
 """
 import argparse
-import math
 import sys
 import time
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from tabulate import tabulate
 
 from vlt_common.engine import setup_cfg
 from vlt_common.modeling.backbone import CLIPViTBackbone
-from vlt_common.utils.model_stats import count_parameters
+from vlt_common.utils.model_stats import count_flops, count_parameters
 
-__all__ = ["build_parser", "describe", "main", "sdpa_flop_jit"]
+__all__ = ["build_parser", "describe", "main"]
 
 # Command-line flags and the keys they set.
 _FLAG_KEYS = {
@@ -52,17 +49,6 @@ def build_parser():
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
-
-
-def sdpa_flop_jit(inputs, outputs):
-    """
-    fvcore handle for ``aten::scaled_dot_product_attention`` (not counted by fvcore itself):
-    ``B * heads * Lq * Lk * (D + Dv)`` multiply-adds for ``q kᵀ`` and ``softmax(.) v``.
-    """
-    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
-    *batch, len_q, dim = q_shape
-    len_k, dim_v = k_shape[-2], v_shape[-1]
-    return math.prod(batch) * len_q * len_k * (dim + dim_v)
 
 
 def _backbone_cfg(args):
@@ -102,12 +88,9 @@ def describe(cfg, size, with_flops=True):
     lines.append(f"parameters: {trainable:,} trainable / {total:,} total")
     image = torch.zeros(1, 3, *size)
     if with_flops:
-        analysis = FlopCountAnalysis(backbone, (image,))
-        analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
+        flops, _ = count_flops(backbone, (image,))
         lines.append(
-            f"FLOPs at {size[0]}x{size[1]}: {analysis.total() / 1e9:.2f} G "
+            f"FLOPs at {size[0]}x{size[1]}: {flops / 1e9:.2f} G "
             "(fvcore; one multiply-add = one flop)"
         )
     with torch.no_grad():

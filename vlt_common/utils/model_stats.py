@@ -1,9 +1,12 @@
 """Parameter counts and FLOPs of a model, for logs and the analysis tools."""
+import math
 from collections import OrderedDict
 
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
 from tabulate import tabulate
 
-__all__ = ["count_parameters", "parameter_table", "count_flops"]
+__all__ = ["count_parameters", "parameter_table", "count_flops", "sdpa_flop_jit"]
 
 
 def count_parameters(module):
@@ -46,10 +49,21 @@ def parameter_table(model, depth=2):
     return tabulate(rows, headers=["module", "trainable", "total"], tablefmt="pipe")
 
 
+def sdpa_flop_jit(inputs, outputs):
+    """
+    fvcore handle for ``aten::scaled_dot_product_attention`` (fvcore does not count it):
+    ``B * heads * Lq * Lk * (D + Dv)`` multiply-adds for ``q kᵀ`` and ``softmax(.) v``.
+    """
+    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
+    *batch, len_q, dim = q_shape
+    len_k, dim_v = k_shape[-2], v_shape[-1]
+    return math.prod(batch) * len_q * len_k * (dim + dim_v)
+
+
 def count_flops(model, inputs):
     """
     FLOPs of one forward pass, counted by fvcore (one fused multiply-add = one flop, fvcore's
-    convention).
+    convention), attention through ``scaled_dot_product_attention`` included.
 
     Args:
         model (nn.Module): in eval mode for inference FLOPs.
@@ -58,9 +72,8 @@ def count_flops(model, inputs):
     Returns:
         tuple[int, dict[str, int]]: total flops and flops per top-level submodule.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     by_module = {k: v for k, v in analysis.by_module().items() if k and "." not in k}
