@@ -1,27 +1,18 @@
 """A preview grid of SynthDG: one validation scene in every domain, plus its label map."""
-import io
-
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlt_common.data.conversion import write_png
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_COLORS, IGNORE_LABEL
 from vlt_common.data.io import read_image, read_sem_seg
-from vlt_common.engine.checkpoint import atomic_write_bytes
+from vlt_common.evaluation.visualize import colorize_sem_seg
 
 from .generate import ensure_synthdg, image_path, label_path, read_manifest
 from .spec import DEFAULT_SPEC, DOMAINS
 
-__all__ = ["write_preview", "colorize_labels"]
+__all__ = ["write_preview"]
 
 _COLUMNS = 4
-
-
-def colorize_labels(label):
-    """uint8 [H, W] train ids -> uint8 [H, W, 3] Cityscapes colours (ignore is black)."""
-    palette = np.zeros((256, 3), np.uint8)
-    palette[: len(CITYSCAPES_19_COLORS)] = CITYSCAPES_19_COLORS
-    palette[IGNORE_LABEL] = 0
-    return palette[label]
 
 
 def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
@@ -49,7 +40,7 @@ def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
         IGNORE_LABEL,
         (spec.height, spec.width),
     )
-    tiles.append(("label map", colorize_labels(label)))
+    tiles.append(("label map", colorize_sem_seg(label, CITYSCAPES_19_COLORS, IGNORE_LABEL)))
     rows = -(-len(tiles) // _COLUMNS)
     h, w = spec.height, spec.width
     grid = Image.new("RGB", (_COLUMNS * w, rows * h), (0, 0, 0))
@@ -59,6 +50,4 @@ def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
         grid.paste(Image.fromarray(tile), (x, y))
         draw.rectangle([x, y, x + 8 + 7 * len(caption), y + 14], fill=(0, 0, 0))
         draw.text((x + 4, y + 2), caption, fill=(255, 255, 255))
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    atomic_write_bytes(out_path, buffer.getvalue())
+    write_png(out_path, np.asarray(grid))
