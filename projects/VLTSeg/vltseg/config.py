@@ -84,6 +84,9 @@ def add_vltseg_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_POINTS = 4
     # Attention heads in the deformable encoder.
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_HEADS = 8
+    # Hidden width of the deformable encoder's feed-forward networks (channels). Official
+    # Mask2Former hard-codes 1024 here, independent of MODEL.MASK_FORMER.DIM_FEEDFORWARD.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_DIM_FEEDFORWARD = 1024
 
     # ---------------------------------------------------------------------------------------------
     # DenseCLIP-style pixel-text matching (VLTSeg's optional auxiliary loss)

@@ -1,0 +1,81 @@
+"""The Mask2Former head: pixel decoder + masked-attention transformer decoder."""
+from typing import Dict, Optional
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from torch import Tensor, nn
+
+from .pixel_decoder import build_pixel_decoder
+from .transformer_decoder import build_transformer_decoder
+
+__all__ = ["MaskFormerHead"]
+
+# The only decoder input Mask2Former uses: the pixel decoder's 3 multi-scale maps.
+_MULTI_SCALE = "multi_scale_pixel_decoder"
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class MaskFormerHead(nn.Module):
+    """
+    Mask2Former's segmentation head. Attribute names ``pixel_decoder`` and ``predictor`` match
+    the official head, so official ``sem_seg_head.*`` checkpoint keys load unchanged (see
+    tests/vltseg/test_official_checkpoint.py).
+    """
+
+    @configurable
+    def __init__(
+        self, *, num_classes: int, pixel_decoder: nn.Module, transformer_predictor: nn.Module
+    ):
+        """
+        Args:
+            num_classes: number of semantic classes K.
+            pixel_decoder: a module from PIXEL_DECODER_REGISTRY.
+            transformer_predictor: a module from TRANSFORMER_DECODER_REGISTRY.
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.pixel_decoder = pixel_decoder
+        self.predictor = transformer_predictor
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        if cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE != _MULTI_SCALE:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be {_MULTI_SCALE!r}, got "
+                f"{cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE!r}"
+            )
+        return {
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
+            "transformer_predictor": build_transformer_decoder(
+                cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, mask_classification=True
+            ),
+        }
+
+    def forward(
+        self,
+        features: Dict[str, Tensor],
+        mask: Optional[Tensor] = None,
+        query_embed: Optional[Tensor] = None,
+        query_feat: Optional[Tensor] = None,
+    ) -> Dict[str, object]:
+        """
+        Args:
+            features (dict[str, Tensor]): backbone maps by name (extra maps are ignored).
+            mask (Tensor, optional): padding mask of the batch. Accepted for the official
+                signature and ignored, as in official Mask2Former: attention covers padded
+                pixels too.
+            query_embed (Tensor, optional): [Q, C] or [B, Q, C], C = MODEL.MASK_FORMER.HIDDEN_DIM;
+                replaces the learned query positional embedding.
+            query_feat (Tensor, optional): [Q, C] or [B, Q, C]; replaces the learned initial
+                query features.
+
+        Returns:
+            dict: "pred_logits" [B, Q, K + 1], "pred_masks" [B, Q, H/4, W/4] and "aux_outputs"
+            (a list of dicts with those keys, one per intermediate prediction).
+        """
+        mask_features, _, multi_scale_features = self.pixel_decoder(features)
+        return self.predictor(
+            multi_scale_features, mask_features, query_embed=query_embed, query_feat=query_feat
+        )
