@@ -42,54 +42,63 @@ def _level_layout(
 
 class _Geometry:
     """
-    Corner indices and bilinear weights of all sampling points, in a layout whose last
-    dimension is the large one (N = batch * queries * heads) so that elementwise ops vectorize.
+    Corner rows and weights of all sampling points. Per-sample tensors are [N, L * P] with
+    N = batch * queries * heads (one "bag" per query and head): the natural memory order of
+    the inputs, so no transposes are needed.
 
     Attributes:
-        size (Tensor): [2, L, 1, 1], (W, H) of every level.
-        near, far (Tensor): [2, L, P, N], bilinear weights of the lower / upper corner along
-            x (index 0) and y (index 1).
-        attn (Tensor): [L, P, N] attention weights.
-        rows (Tensor): [N, 4 * L * P] int64 rows of the zero-bordered value table, per bag.
+        size_x, size_y (Tensor): [L * P], width / height of each sample's level.
+        near_x, far_x, near_y, far_y (Tensor): [N, L * P] bilinear weights of the lower / upper
+            corner along x and y.
+        attn (Tensor): [N, L * P] attention weights.
+        rows (Tensor): [N, 4 * L * P] rows of the zero-bordered value table, per bag (int32
+            while the table has fewer than 2**31 rows: less memory traffic than int64).
         weights (Tensor): [N, 4 * L * P] attention x bilinear weight of every row.
     """
 
     def __init__(self, locations, attention, shapes, table_starts, rows_per_image):
         B, Lq, M, L, P, _ = locations.shape
-        N = B * Lq * M
+        N, LP = B * Lq * M, L * P
         dev, dtype = locations.device, locations.dtype
-        self.size = torch.tensor([[w for _, w in shapes], [h for h, _ in shapes]], device=dev)
-        self.size = self.size.to(dtype).view(2, L, 1, 1)
-        locs = locations.permute(5, 3, 4, 0, 1, 2).reshape(2, L, P, N)
-        self.attn = attention.permute(3, 4, 0, 1, 2).reshape(L, P, N)
-        # Pixel coordinates exactly as grid_sample(align_corners=False) rounds them, so that
-        # floor() picks the same corners as the grid_sample-based reference implementations.
-        xy = (2 * locs - 1 + 1) * (self.size / 2) - 0.5
-        corner = xy.floor()
-        self.far = xy - corner
-        self.near = corner + 1 - xy
-        ay_near = self.attn * self.near[1]
-        ay_far = self.attn * self.far[1]
+        index = torch.int32 if B * rows_per_image < 2**31 else torch.int64
+
+        def per_sample(values):  # one value per level -> [L * P]
+            return torch.tensor(values, device=dev).repeat_interleave(P)
+
+        self.size_x = per_sample([w for _, w in shapes]).to(dtype)
+        self.size_y = per_sample([h for h, _ in shapes]).to(dtype)
+        loc = locations.reshape(N, LP, 2)
+        self.attn = attention.reshape(N, LP)
+        corners = []
+        for axis, size in ((0, self.size_x), (1, self.size_y)):
+            # Pixel coordinate exactly as grid_sample(align_corners=False) rounds it, so that
+            # floor() picks the same corners as the grid_sample-based implementations.
+            pixel = (2 * loc[..., axis] - 1 + 1) * (size / 2) - 0.5
+            low = pixel.floor()
+            far = pixel - low
+            near = low + 1 - pixel
+            # Index inside the zero-bordered level: -1 and W map onto the border, anything
+            # further out is clamped onto it (its weight then multiplies zeros).
+            i0 = torch.minimum(low.clamp(min=-1), size).to(index) + 1
+            i1 = torch.minimum((low + 1).clamp(min=-1), size).to(index) + 1
+            corners.append((near, far, i0, i1))
+        (self.near_x, self.far_x, x0, x1), (self.near_y, self.far_y, y0, y1) = corners
+
+        ay_near = self.attn * self.near_y
+        ay_far = self.attn * self.far_y
         # Corner order: (y0, x0), (y0, x1), (y1, x0), (y1, x1).
-        wx_near, wx_far = self.near[0], self.far[0]
-        weights = torch.stack(
-            [ay_near * wx_near, ay_near * wx_far, ay_far * wx_near, ay_far * wx_far]
-        )
-        # Coordinates inside the zero-bordered level: -1 and W map to the border, anything
-        # further out is clamped onto it (its weight then multiplies zeros).
-        c0 = (torch.minimum(torch.clamp(corner, min=-1), self.size) + 1).long()
-        c1 = (torch.minimum(torch.clamp(corner + 1, min=-1), self.size) + 1).long()
-        padded_w = torch.tensor([w + 2 for _, w in shapes], device=dev).view(L, 1, 1)
-        start = torch.tensor(table_starts, device=dev).view(L, 1, 1)
-        line0 = start + c0[1] * padded_w
-        line1 = start + c1[1] * padded_w
-        pixel = torch.stack([line0 + c0[0], line0 + c1[0], line1 + c0[0], line1 + c1[0]])
-        # Row of (image b, pixel s, head m) in the [B * S' * M, D] table.
-        bag = torch.arange(N, device=dev)
+        weights = [ay_near * self.near_x, ay_near * self.far_x]
+        weights += [ay_far * self.near_x, ay_far * self.far_x]
+        self.weights = torch.stack(weights, dim=1).view(N, 4 * LP)
+
+        padded_w = per_sample([w + 2 for _, w in shapes]).to(index)
+        line0 = per_sample(table_starts).to(index) + y0 * padded_w
+        line1 = line0 + (y1 - y0) * padded_w
+        pixel = torch.stack([line0 + x0, line0 + x1, line1 + x0, line1 + x1], dim=1)
+        # Row of (image b, pixel s, head m) in the [B * S' * M, D] table; bag n = (b, q, m).
+        bag = torch.arange(N, device=dev, dtype=index)
         bag_offset = torch.div(bag, Lq * M, rounding_mode="floor") * rows_per_image + bag % M
-        rows = pixel * M + bag_offset
-        self.rows = rows.permute(3, 0, 1, 2).reshape(N, 4 * L * P)
-        self.weights = weights.permute(3, 0, 1, 2).reshape(N, 4 * L * P)
+        self.rows = (pixel * M + bag_offset[:, None, None]).view(N, 4 * LP)
 
 
 def _padded_table(value: Tensor, shapes, starts) -> Tuple[Tensor, List[int]]:
@@ -126,16 +135,17 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         )
         table = table.view(-1, D)
         out = F.embedding_bag(geo.rows, table, per_sample_weights=geo.weights, mode="sum")
-        ctx.save_for_backward(table, geo.rows, geo.weights, geo.near, geo.far, geo.attn)
-        ctx.size = geo.size
+        ctx.save_for_backward(
+            table, geo.rows, geo.weights, geo.attn, geo.near_x, geo.far_x, geo.near_y, geo.far_y
+        )
+        ctx.sizes = (geo.size_x, geo.size_y)
         ctx.layout = (shapes, starts, table_starts, value.shape, sampling_locations.shape)
         return out.view(B, Lq, M * D)
 
     @staticmethod
     def backward(ctx, grad_output):
-        table, rows, weights, near, far, attn = ctx.saved_tensors
+        table, rows, weights, attn, near_x, far_x, near_y, far_y = ctx.saved_tensors
         shapes, starts, table_starts, value_shape, loc_shape = ctx.layout
-        B, Lq, M, L, P, _ = loc_shape
         N, K = rows.shape
         grad = grad_output.reshape(N, -1).contiguous()
         grad_value = grad_locations = grad_attention = None
@@ -144,7 +154,7 @@ class _MSDeformAttnFunction(torch.autograd.Function):
             # Transposed gather: sort the samples by table row, then every row is one bag of
             # (query-head gradient, weight) pairs.
             flat = rows.reshape(-1)
-            order = torch.argsort(flat)
+            order = torch.sort(flat)[1]
             counts = torch.bincount(flat, minlength=table.shape[0])
             offsets = torch.cumsum(counts, 0) - counts
             grad_table = F.embedding_bag(
@@ -163,21 +173,20 @@ class _MSDeformAttnFunction(torch.autograd.Function):
                 grad,
                 table,
                 rows.reshape(-1),
-                torch.arange(0, N * K, K, device=rows.device),
-                torch.arange(N, device=rows.device).repeat_interleave(K),
+                torch.arange(0, N * K, K, device=rows.device, dtype=rows.dtype),
+                torch.arange(N, device=rows.device, dtype=rows.dtype).repeat_interleave(K),
                 0,  # mode "sum"
             )
-            g00, g01, g10, g11 = grad_w.view(N, 4, L, P).permute(1, 2, 3, 0)
+            g00, g01, g10, g11 = grad_w.view(N, 4, K // 4).unbind(1)
             if ctx.needs_input_grad[1]:
-                gx = attn * (near[1] * (g01 - g00) + far[1] * (g11 - g10))
-                gy = attn * (near[0] * (g10 - g00) + far[0] * (g11 - g01))
+                gx = attn * (near_y * (g01 - g00) + far_y * (g11 - g10))
+                gy = attn * (near_x * (g10 - g00) + far_x * (g11 - g01))
                 # d(pixel coordinate)/d(location) is the level size (W for x, H for y).
-                grad_xy = torch.stack([gx, gy]) * ctx.size
-                grad_locations = grad_xy.view(2, L, P, B, Lq, M).permute(3, 4, 5, 1, 2, 0)
+                size_x, size_y = ctx.sizes
+                grad_locations = torch.stack([gx * size_x, gy * size_y], -1).view(loc_shape)
             if ctx.needs_input_grad[2]:
-                ga = near[1] * (g00 * near[0] + g01 * far[0])
-                ga = ga + far[1] * (g10 * near[0] + g11 * far[0])
-                grad_attention = ga.view(L, P, B, Lq, M).permute(2, 3, 4, 0, 1)
+                ga = near_y * (g00 * near_x + g01 * far_x) + far_y * (g10 * near_x + g11 * far_x)
+                grad_attention = ga.view(loc_shape[:-1])
         return grad_value, grad_locations, grad_attention, None, None
 
 
