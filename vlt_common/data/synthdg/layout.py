@@ -72,7 +72,6 @@ class Layout:
         lights (list[Light]): light sources.
         shadows (list[tuple[np.ndarray, np.ndarray]]): pixel polygons (u, v) of contact shadows
             on the ground.
-        road (tuple[float, float]): lateral extent (x_left, x_right) of the road in metres.
         lane_centres (list[float]): x of every lane centre (where snow has tyre tracks).
     """
 
@@ -82,7 +81,6 @@ class Layout:
     instance_classes: list
     lights: list
     shadows: list
-    road: tuple
     lane_centres: list
 
     @property
@@ -251,7 +249,6 @@ class _StreetBuilder:
             instance_classes=self.instance_classes,
             lights=self.lights,
             shadows=self.shadows,
-            road=(self.xl, self.xr),
             lane_centres=lane_centres,
         )
 
