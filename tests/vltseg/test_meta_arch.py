@@ -94,7 +94,9 @@ def test_train_full_finetune():
     cfg = tiny_cfg()
     model = build_model(cfg)
     assert isinstance(model, VLTSeg)
-    losses = train_step(model, batch())
+    inputs = batch()
+    inputs[0]["sem_seg"] = inputs[0]["sem_seg"].to(torch.uint8)  # as some mappers give them
+    losses = train_step(model, inputs)
     assert set(losses) == MASK_LOSSES | aux_keys(cfg)
     assert all(torch.isfinite(v) for v in losses.values())
     assert_grads_match_requires_grad(model)

@@ -251,7 +251,8 @@ class VLTSeg(nn.Module):
         if any("sem_seg" not in x for x in batched_inputs):
             raise KeyError("VLTSeg needs a 'sem_seg' label map in every training input")
         images = ImageList.from_tensors(images, self.size_divisibility)
-        sem_seg = [x["sem_seg"].to(self.device) for x in batched_inputs]
+        # Mappers may hand out uint8 label maps; the criterion needs int64 class ids.
+        sem_seg = [x["sem_seg"].to(self.device).long() for x in batched_inputs]
         sem_seg = ImageList.from_tensors(sem_seg, self.size_divisibility, self.ignore_value).tensor
         features, score_map = self._features(images.tensor)
         outputs = self._decode(features)
