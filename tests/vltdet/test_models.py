@@ -8,7 +8,9 @@ from detectron2.utils.events import EventStorage
 RPN_LOSSES = {"loss_rpn_cls", "loss_rpn_loc"}
 HEADS = {
     "Base-VLTDet.yaml": {"loss_cls", "loss_box_reg"},
-    "Base-VLTDet-Cascade.yaml": {f"loss_{k}_stage{s}" for k in ("cls", "box_reg") for s in range(3)},
+    "Base-VLTDet-Cascade.yaml": {
+        f"loss_{k}_stage{s}" for k in ("cls", "box_reg") for s in range(3)
+    },
 }
 
 

@@ -24,7 +24,8 @@ USER_DATASETS = {"urbansyn_det_train", "urbansyn_det_val"}
 
 
 def test_configs_found():
-    assert {"Base-VLTDet.yaml", "Base-VLTDet-Cascade.yaml", "vltdet_tiny_synthdg.yaml"} <= set(NAMES)
+    bases = {"Base-VLTDet.yaml", "Base-VLTDet-Cascade.yaml", "vltdet_tiny_synthdg.yaml"}
+    assert bases <= set(NAMES)
     for trunk in ("clip-b16", "clip-l14", "evaclip-b16", "evaclip-l14"):
         assert any(n.startswith(f"vltdet_{trunk}_") for n in NAMES), trunk
 
