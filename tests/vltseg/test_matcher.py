@@ -32,7 +32,8 @@ def test_predictions_equal_to_permuted_targets_are_matched_to_them():
         logits[0, q, labels[t]] = 8.0
         masks[0, q] = (tgt_masks[t] * 2 - 1) * 10.0
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=400)
-    (i, j), = matcher({"pred_logits": logits, "pred_masks": masks}, [{"labels": labels, "masks": tgt_masks}])
+    outputs = {"pred_logits": logits, "pred_masks": masks}
+    ((i, j),) = matcher(outputs, [{"labels": labels, "masks": tgt_masks}])
     assert i.dtype == j.dtype == torch.int64
     assert _as_dict([(i, j)]) == [owner]
 

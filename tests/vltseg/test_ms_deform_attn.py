@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from benchmarks.bench_ms_deform_attn import reference_per_level, reference_plain
 from vltseg.modeling import MSDeformAttn, ms_deform_attn
 
 SHAPES = [(3, 4), (2, 3)]
@@ -45,21 +45,6 @@ def _naive(value, loc, attn):
     return out.reshape(B, Lq, M * D)
 
 
-def _grid_sample_reference(value, shapes, loc, attn):
-    """The official PyTorch formulation: one grid_sample per level, heads in the batch."""
-    B, _, M, D = value.shape
-    _, Lq, _, L, P, _ = loc.shape
-    levels = value.split([h * w for h, w in shapes], dim=1)
-    samples = []
-    for lvl, (h, w) in enumerate(shapes):
-        v = levels[lvl].permute(0, 2, 3, 1).reshape(B * M, D, h, w)
-        grid = (2 * loc[:, :, :, lvl] - 1).transpose(1, 2).flatten(0, 1)
-        samples.append(F.grid_sample(v, grid, mode="bilinear", align_corners=False))
-    weights = attn.transpose(1, 2).reshape(B * M, 1, Lq, L * P)
-    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
-    return out.view(B, M * D, Lq).transpose(1, 2)
-
-
 def test_equals_naive_bilinear_loop():
     value, loc, attn = _inputs()
     out = ms_deform_attn(value, torch.tensor(SHAPES), torch.tensor(STARTS), loc, attn)
@@ -67,12 +52,16 @@ def test_equals_naive_bilinear_loop():
     torch.testing.assert_close(out, _naive(value, loc, attn), rtol=0, atol=1e-12)
 
 
-def test_far_outside_reads_zeros():
+@pytest.mark.parametrize("x, y", [(3.5, 0.5), (-2.0, 0.5), (0.5, 1e6), (0.5, -1e6), (-9.0, 9.0)])
+def test_far_outside_reads_zeros_and_gets_no_gradient(x, y):
     value, loc, attn = _inputs(batch=1)
     loc = loc.clone()
-    loc[..., 0] = 3.5  # far right of every level
+    loc[..., 0], loc[..., 1] = x, y  # outside every level
+    inputs = [t.requires_grad_() for t in (value, loc, attn)]
     out = ms_deform_attn(value, SHAPES, STARTS, loc, attn)
     assert torch.count_nonzero(out) == 0
+    grads = torch.autograd.grad(out, inputs, torch.randn_like(out))
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
 def test_gradcheck_float64():
@@ -83,19 +72,20 @@ def test_gradcheck_float64():
     )
 
 
-def test_matches_grid_sample_forward_and_backward():
-    shapes = [(8, 12), (4, 6), (2, 3)]
+@pytest.mark.parametrize("reference", [reference_per_level, reference_plain])
+def test_matches_grid_sample_forward_and_backward(reference):
+    shapes = torch.tensor([(8, 12), (4, 6), (2, 3)])
+    starts = torch.tensor([0, 96, 120])
     B, M, D, P, Lq = 2, 4, 8, 4, 30
     torch.manual_seed(1)
-    value = torch.randn(B, sum(h * w for h, w in shapes), M, D, requires_grad=True)
-    loc = (torch.rand(B, Lq, M, len(shapes), P, 2) * 1.4 - 0.2).requires_grad_()
-    attn = torch.rand(B, Lq, M, len(shapes), P).softmax(-1).requires_grad_()
+    value = torch.randn(B, 126, M, D, requires_grad=True)
+    loc = (torch.rand(B, Lq, M, 3, P, 2) * 1.4 - 0.2).requires_grad_()
+    attn = torch.rand(B, Lq, M, 3, P).softmax(-1).requires_grad_()
     grad_out = torch.randn(B, Lq, M * D)
 
-    starts = [0, 96, 120]
-    ours = ms_deform_attn(value, torch.tensor(shapes), torch.tensor(starts), loc, attn)
+    ours = ms_deform_attn(value, shapes, starts, loc, attn)
     grads = torch.autograd.grad(ours, (value, loc, attn), grad_out)
-    ref = _grid_sample_reference(value, shapes, loc, attn)
+    ref = reference(value, shapes, starts, loc, attn)
     ref_grads = torch.autograd.grad(ref, (value, loc, attn), grad_out)
 
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)

@@ -8,12 +8,13 @@ No compile step; the same code runs on CPU and GPU.
 How it is computed: every (query, head) needs ``4 * n_levels * n_points`` rows of the value map
 (the four bilinear corners of every sampling point), each with one scalar weight
 (attention weight x bilinear weight). That is exactly what ``F.embedding_bag`` computes with
-``per_sample_weights``, without materializing the sampled values. Each level gets a one-pixel
-zero border, so corners outside a level point at zeros and need no masks. The backward pass is
-written by hand (autograd.Function): the value gradient is the transposed gather (one sort plus
-one ``embedding_bag``), and the gradients of locations and attention weights follow from the
-closed-form bilinear weights. See benchmarks/bench_ms_deform_attn.py for the speed-up over
-``grid_sample`` implementations.
+``per_sample_weights``, without materializing the sampled values. Each level is copied into a
+table with a two-pixel zero border, and a point's top-left corner is clamped into that border:
+then its four corners are always the top-left row plus fixed offsets, and corners outside the
+level read zeros, with no masks. The backward pass is written by hand (autograd.Function): the
+value gradient is the transposed gather (points sorted by top-left row, one ``embedding_bag``
+per corner), and the gradients of locations and attention weights follow from the closed-form
+bilinear weights. benchmarks/bench_ms_deform_attn.py measures it against ``grid_sample``.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
@@ -40,6 +41,11 @@ def _level_layout(
     return shapes, starts
 
 
+# Zero border around every level in the table: wide enough that both corners of a clamped
+# top-left corner (at -2 or W) stay inside the level's padded block.
+_BORDER = 2
+
+
 class _Geometry:
     """
     Corner rows and weights of all sampling points. Per-sample tensors are [N, L * P] with
@@ -51,8 +57,10 @@ class _Geometry:
         near_x, far_x, near_y, far_y (Tensor): [N, L * P] bilinear weights of the lower / upper
             corner along x and y.
         attn (Tensor): [N, L * P] attention weights.
-        rows (Tensor): [N, 4 * L * P] rows of the zero-bordered value table, per bag (int32
-            while the table has fewer than 2**31 rows: less memory traffic than int64).
+        corner_shifts (list[list[int]]): per corner (y0, x0), (y0, x1), (y1, x0), (y1, x1) and
+            level, its table row relative to the top-left corner's.
+        rows (Tensor): [N, 4 * L * P] table rows, per bag in corner-major order (int32 while
+            the table has fewer than 2**31 rows: less memory traffic than int64).
         weights (Tensor): [N, 4 * L * P] attention x bilinear weight of every row.
     """
 
@@ -77,51 +85,98 @@ class _Geometry:
             low = pixel.floor()
             far = pixel - low
             near = low + 1 - pixel
-            # Index inside the zero-bordered level: -1 and W map onto the border, anything
-            # further out is clamped onto it (its weight then multiplies zeros).
-            i0 = torch.minimum(low.clamp(min=-1), size).to(index) + 1
-            i1 = torch.minimum((low + 1).clamp(min=-1), size).to(index) + 1
-            corners.append((near, far, i0, i1))
-        (self.near_x, self.far_x, x0, x1), (self.near_y, self.far_y, y0, y1) = corners
+            # Clamp to [-2, size]: a corner pair further out reads the border, as it should.
+            low_index = torch.minimum(low.clamp(min=-_BORDER), size).to(index) + _BORDER
+            corners.append((near, far, low_index))
+        (self.near_x, self.far_x, x0), (self.near_y, self.far_y, y0) = corners
 
         ay_near = self.attn * self.near_y
         ay_far = self.attn * self.far_y
-        # Corner order: (y0, x0), (y0, x1), (y1, x0), (y1, x1).
         weights = [ay_near * self.near_x, ay_near * self.far_x]
         weights += [ay_far * self.near_x, ay_far * self.far_x]
         self.weights = torch.stack(weights, dim=1).view(N, 4 * LP)
 
-        padded_w = per_sample([w + 2 for _, w in shapes]).to(index)
-        line0 = per_sample(table_starts).to(index) + y0 * padded_w
-        line1 = line0 + (y1 - y0) * padded_w
-        pixel = torch.stack([line0 + x0, line0 + x1, line1 + x0, line1 + x1], dim=1)
+        padded_w = [w + 2 * _BORDER for _, w in shapes]
+        top_left = per_sample(table_starts).to(index) + y0 * per_sample(padded_w).to(index) + x0
         # Row of (image b, pixel s, head m) in the [B * S' * M, D] table; bag n = (b, q, m).
         bag = torch.arange(N, device=dev, dtype=index)
         bag_offset = torch.div(bag, Lq * M, rounding_mode="floor") * rows_per_image + bag % M
-        self.rows = (pixel * M + bag_offset[:, None, None]).view(N, 4 * LP)
+        top_left = top_left * M + bag_offset[:, None]
+        self.corner_shifts = [
+            [(dy * pw + dx) * M for pw in padded_w] for dy in (0, 1) for dx in (0, 1)
+        ]
+        shifts = torch.stack([per_sample(c) for c in self.corner_shifts]).to(index)  # [4, LP]
+        self.rows = (top_left[:, None, :] + shifts).view(N, 4 * LP)
 
 
 def _padded_table(value: Tensor, shapes, starts) -> Tuple[Tensor, List[int]]:
-    """Copy every level of value [B, S, M, D] into a table with a one-pixel zero border."""
+    """
+    Copy every level of value [B, S, M, D] into a table [B, S', M, D] with a zero border.
+
+    Returns:
+        The table and the start of every level's padded block along S'.
+    """
     B, _, M, D = value.shape
-    sizes = [(h + 2) * (w + 2) for h, w in shapes]
+    pad = 2 * _BORDER
+    sizes = [(h + pad) * (w + pad) for h, w in shapes]
     table_starts = [sum(sizes[:i]) for i in range(len(sizes))]
     table = value.new_zeros(B, sum(sizes), M, D)
     for (h, w), s, t in zip(shapes, starts, table_starts):
-        dst = table[:, t : t + (h + 2) * (w + 2)].view(B, h + 2, w + 2, M, D)
-        dst[:, 1:-1, 1:-1] = value[:, s : s + h * w].view(B, h, w, M, D)
+        block = table[:, t : t + (h + pad) * (w + pad)].view(B, h + pad, w + pad, M, D)
+        block[:, _BORDER:-_BORDER, _BORDER:-_BORDER] = value[:, s : s + h * w].view(B, h, w, M, D)
     return table, table_starts
 
 
 def _unpad_table_grad(grad_table: Tensor, value_shape, shapes, starts, table_starts) -> Tensor:
     """Inverse of :func:`_padded_table` for gradients: the interiors, in value's layout."""
     B, _, M, D = value_shape
+    pad = 2 * _BORDER
     grad_table = grad_table.view(B, -1, M, D)
     grad_value = grad_table.new_zeros(value_shape)
     for (h, w), s, t in zip(shapes, starts, table_starts):
-        src = grad_table[:, t : t + (h + 2) * (w + 2)].view(B, h + 2, w + 2, M, D)
-        grad_value[:, s : s + h * w] = src[:, 1:-1, 1:-1].reshape(B, h * w, M, D)
+        block = grad_table[:, t : t + (h + pad) * (w + pad)].view(B, h + pad, w + pad, M, D)
+        interior = block[:, _BORDER:-_BORDER, _BORDER:-_BORDER]
+        grad_value[:, s : s + h * w] = interior.reshape(B, h * w, M, D)
     return grad_value
+
+
+def _scatter_to_table(grad, rows, weights, corner_shifts, num_rows, image_rows, level_blocks):
+    """
+    The value-table gradient (the transpose of the forward gather): row r receives
+    sum(weight * grad[bag]) over every sample that reads it.
+
+    Points are sorted by their top-left row once; every corner is then one ``embedding_bag``
+    over the same sorted points (bags = table rows), shifted by the corner's row offset within
+    each level's block.
+
+    Args:
+        grad (Tensor): [N, D] gradient of every bag's output.
+        rows, weights (Tensor): [N, 4 * LP] from :class:`_Geometry`.
+        corner_shifts (list[list[int]]): per corner and level, the row offset from the
+            top-left corner (:class:`_Geometry`).
+        num_rows (int): rows of the table; image_rows (int): rows per image.
+        level_blocks (list[tuple[int, int]]): per level, its first and last + 1 row within one
+            image's block of rows.
+    """
+    N, K = rows.shape
+    LP = K // 4
+    top_left = rows.view(N, 4, LP)[:, 0].reshape(-1)
+    order = torch.sort(top_left)[1]
+    counts = torch.bincount(top_left, minlength=num_rows)
+    offsets = torch.cumsum(counts, 0) - counts
+    bags = torch.div(order, LP, rounding_mode="floor")
+    per_corner = weights.view(N, 4, LP).transpose(0, 1).reshape(4, N * LP).index_select(1, order)
+    # Corner 0 is the top-left one: its rows need no shift.
+    out = F.embedding_bag(bags, grad, offsets, per_sample_weights=per_corner[0], mode="sum")
+    per_image = out.view(-1, image_rows, grad.shape[1])
+    for corner in range(1, 4):
+        part = F.embedding_bag(
+            bags, grad, offsets, per_sample_weights=per_corner[corner], mode="sum"
+        ).view(-1, image_rows, grad.shape[1])
+        # Both corners stay inside the level's padded block, so shifting within it is exact.
+        for (first, last), shift in zip(level_blocks, corner_shifts[corner]):
+            per_image[:, first + shift : last] += part[:, first : last - shift]
+    return out
 
 
 class _MSDeformAttnFunction(torch.autograd.Function):
@@ -130,15 +185,20 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         B, _, M, D = value.shape
         Lq = sampling_locations.shape[1]
         table, table_starts = _padded_table(value, shapes, starts)
-        geo = _Geometry(
-            sampling_locations, attention_weights, shapes, table_starts, table.shape[1] * M
-        )
+        image_rows = table.shape[1] * M
+        geo = _Geometry(sampling_locations, attention_weights, shapes, table_starts, image_rows)
         table = table.view(-1, D)
         out = F.embedding_bag(geo.rows, table, per_sample_weights=geo.weights, mode="sum")
         ctx.save_for_backward(
             table, geo.rows, geo.weights, geo.attn, geo.near_x, geo.far_x, geo.near_y, geo.far_y
         )
         ctx.sizes = (geo.size_x, geo.size_y)
+        ctx.corner_shifts = geo.corner_shifts
+        ctx.image_rows = image_rows
+        pad = 2 * _BORDER
+        ctx.level_blocks = [
+            (t * M, (t + (h + pad) * (w + pad)) * M) for (h, w), t in zip(shapes, table_starts)
+        ]
         ctx.layout = (shapes, starts, table_starts, value.shape, sampling_locations.shape)
         return out.view(B, Lq, M * D)
 
@@ -151,18 +211,14 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         grad_value = grad_locations = grad_attention = None
 
         if ctx.needs_input_grad[0]:
-            # Transposed gather: sort the samples by table row, then every row is one bag of
-            # (query-head gradient, weight) pairs.
-            flat = rows.reshape(-1)
-            order = torch.sort(flat)[1]
-            counts = torch.bincount(flat, minlength=table.shape[0])
-            offsets = torch.cumsum(counts, 0) - counts
-            grad_table = F.embedding_bag(
-                torch.div(order, K, rounding_mode="floor"),
+            grad_table = _scatter_to_table(
                 grad,
-                offsets,
-                per_sample_weights=weights.reshape(-1).index_select(0, order),
-                mode="sum",
+                rows,
+                weights,
+                ctx.corner_shifts,
+                table.shape[0],
+                ctx.image_rows,
+                ctx.level_blocks,
             )
             grad_value = _unpad_table_grad(grad_table, value_shape, shapes, starts, table_starts)
 
