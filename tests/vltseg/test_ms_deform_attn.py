@@ -64,6 +64,17 @@ def test_far_outside_reads_zeros_and_gets_no_gradient(x, y):
     assert all(torch.count_nonzero(g) == 0 for g in grads)
 
 
+def test_non_finite_location_poisons_only_its_own_output():
+    value, loc, attn = _inputs(batch=1)
+    loc = loc.clone()
+    loc[0, 2, 1, 0, 0, 0] = float("nan")  # query 2, head 1
+    loc[0, 3, 0, 1, 1, 1] = float("inf")  # query 3, head 0
+    out = ms_deform_attn(value, SHAPES, STARTS, loc, attn).view(1, 5, 2, 3)
+    bad = torch.zeros(1, 5, 2, 3, dtype=torch.bool)
+    bad[0, 2, 1] = bad[0, 3, 0] = True
+    assert torch.isnan(out[bad]).all() and torch.isfinite(out[~bad]).all()
+
+
 def test_gradcheck_float64():
     value, loc, attn = _inputs(batch=1, queries=3, heads=2, dim=2, points=2)
     inputs = [t.requires_grad_() for t in (value, loc, attn)]

@@ -86,7 +86,9 @@ class _Geometry:
             far = pixel - low
             near = low + 1 - pixel
             # Clamp to [-2, size]: a corner pair further out reads the border, as it should.
-            low_index = torch.minimum(low.clamp(min=-_BORDER), size).to(index) + _BORDER
+            # (A NaN location reads the border too; its NaN weights then make its output NaN.)
+            low = torch.nan_to_num(low, nan=-_BORDER).clamp(min=-_BORDER)
+            low_index = torch.minimum(low, size).to(index) + _BORDER
             corners.append((near, far, low_index))
         (self.near_x, self.far_x, x0), (self.near_y, self.far_y, y0) = corners
 
