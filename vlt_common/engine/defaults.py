@@ -5,12 +5,17 @@ import os
 import torch
 from detectron2.config import get_cfg as _get_d2_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from vlt_common.config import add_vlt_common_config
 
 __all__ = ["get_vlt_cfg", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
+
+# Top-level logger names of VLT's packages and tools.
+VLT_LOGGERS = ("vlt_common", "vltseg", "vltdet", "vlt")
 
 
 def get_vlt_cfg():
@@ -72,4 +77,8 @@ def setup_cfg(args, *, log=True):
     cfg.freeze()
     if log:
         default_setup(cfg, args)
+        # default_setup configures Detectron2's loggers only; VLT's report, progress and
+        # warnings go through these, to the console and to OUTPUT_DIR/log.txt.
+        for name in VLT_LOGGERS:
+            setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
     return cfg
