@@ -40,14 +40,14 @@ def _scale(geom):
 def fog(image, geom, rng, appearance):
     """Dense fog: transmission falls with depth; the haze is brighter higher in the image."""
     h = geom.image_hw[0]
-    visibility = rng.uniform(18.0, 45.0)
+    visibility = rng.uniform(30.0, 70.0)
     level = rng.uniform(0.72, 0.82)
     # Airlight grows towards the top of the image (the sky glows through the fog).
     airlight = (level + 0.08 * (1.0 - geom.rows / h))[..., None] * np.array(
         [0.97, 0.99, 1.0], np.float32
     )
     # Even the nearest objects lose some contrast.
-    t = (0.8 * np.exp(-3.0 * geom.depth / visibility))[..., None]
+    t = (0.85 * np.exp(-3.0 * geom.depth / visibility))[..., None]
     image = image * t + airlight * (1.0 - t)
     image = _desaturate(image, 0.7)
     return blur(image, 0.6 * _scale(geom))
@@ -58,7 +58,7 @@ def night(image, geom, rng, appearance):
     x_w, y_w, z_w = geom.world
     h, w = geom.image_hw
     albedo = image
-    ambient = rng.uniform(0.03, 0.06) * np.array([0.75, 0.85, 1.0], np.float32)
+    ambient = rng.uniform(0.04, 0.08) * np.array([0.75, 0.85, 1.0], np.float32)
     light = np.broadcast_to(ambient, (h, w, 3)).copy()
     lamp = np.asarray(appearance.lamp, np.float32) / 255
     for source in geom.layout.lights:
@@ -181,7 +181,7 @@ def snow(image, geom, rng, appearance):
     overcast = (0.8 + 0.08 * (geom.rows / h))[..., None] * np.array([0.97, 0.98, 1.0], np.float32)
     out = np.where(sky, overcast, out)
     # Bright and flat: pull everything towards a light grey, then a light haze.
-    out = out * 0.5 + 0.46 * np.array([0.92, 0.93, 0.96], np.float32)
+    out = out * 0.58 + 0.4 * np.array([0.92, 0.93, 0.96], np.float32)
     out = _haze(_desaturate(out, 0.8), geom, rng.uniform(80.0, 150.0), (0.88, 0.89, 0.92))
 
     canvas = Image.new("L", (w, h), 0)
