@@ -10,10 +10,14 @@ export OMP_NUM_THREADS ?= 2
 install:
 	bash tools/install.sh $(VENV)
 
-# The main job on the embedded SynthDG benchmark (TASK=seg or TASK=det).
+# The main job on the embedded SynthDG benchmark: TASK=seg (VLTSeg, default) or TASK=det (VLTDet).
 TASK ?= seg
+DEMO_CONFIG_seg := configs/vltseg_tiny_synthdg.yaml
+DEMO_CONFIG_det := configs/vltdet_tiny_synthdg.yaml
+DEMO_CONFIG := $(DEMO_CONFIG_$(TASK))
 demo: install
-	$(PY) tools/run_demo.py --task $(TASK)
+	@test -n "$(DEMO_CONFIG)" || { echo "TASK must be seg or det, got '$(TASK)'" >&2; exit 2; }
+	$(PY) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR output/demo_$(TASK)
 
 # The full suite, slow end-to-end runs included (what CI runs).
 test: install

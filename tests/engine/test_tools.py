@@ -1,0 +1,142 @@
+"""The user tools: prediction overlays (tools/demo.py), model analysis (tools/analyze_model.py)
+and the fine-tuning study (tools/run_study.py)."""
+import importlib.util
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from PIL import Image
+
+from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SAMPLE = REPO.parent / "shared/data/cityscapes_sample"
+SEG_CONFIG = str(REPO / "configs" / "vltseg_tiny_synthdg.yaml")
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"vlt_tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def seg_weights(tmp_path_factory):
+    """A checkpoint of the tiny demo model (random weights are enough to draw something)."""
+    cfg = get_vlt_cfg()
+    cfg.merge_from_file(SEG_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    folder = tmp_path_factory.mktemp("weights")
+    AtomicCheckpointer(build_model(cfg), save_dir=str(folder)).save("model_final")
+    return str(folder / "model_final.pth")
+
+
+def _image(path, height, width, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def test_demo_draws_overlays_for_files_folders_and_frame_lists(tmp_path, seg_weights):
+    demo = _load_tool("demo")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(2):
+        _image(frames / f"frame_{k}.png", 64, 128, k)
+    single = tmp_path / "single.png"
+    _image(single, 96, 160, 7)
+    frame_list = tmp_path / "frames.txt"
+    frame_list.write_text(f"{frames / 'frame_1.png'}\n")
+    out = tmp_path / "vis"
+    written = demo.main(["--config-file", SEG_CONFIG, "--input", str(single), str(frames),
+                         str(frame_list), "--output", str(out), "MODEL.WEIGHTS", seg_weights])
+    assert len(written) == 4  # the listed frame is drawn again under the same name
+    assert sorted(os.listdir(out)) == ["frame_0.png", "frame_1.png", "single.png"]
+    drawn = np.asarray(Image.open(out / "single.png").convert("RGB"))
+    original = np.asarray(Image.open(single).convert("RGB"))
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).mean() > 1.0  # an overlay was drawn
+
+
+def test_demo_errors_name_the_problem(tmp_path, seg_weights):
+    demo = _load_tool("demo")
+    with pytest.raises(FileNotFoundError, match="nowhere.png"):
+        demo.main(["--config-file", SEG_CONFIG, "--input", str(tmp_path / "nowhere.png"),
+                   "--output", str(tmp_path / "o"), "MODEL.WEIGHTS", seg_weights])
+    listed = tmp_path / "list.txt"
+    listed.write_text("/no/such/frame.png\n")
+    with pytest.raises(FileNotFoundError, match="list.txt.*/no/such/frame.png"):
+        demo.main(["--config-file", SEG_CONFIG, "--input", str(listed), "--output",
+                   str(tmp_path / "o"), "MODEL.WEIGHTS", seg_weights])
+    _image(tmp_path / "a.png", 64, 64, 0)
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        demo.main(["--config-file", SEG_CONFIG, "--input", str(tmp_path / "a.png"), "--output",
+                   str(tmp_path / "o")])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="shared Cityscapes sample not present")
+def test_demo_on_the_real_cityscapes_frame(tmp_path, seg_weights):
+    demo = _load_tool("demo")
+    frame = SAMPLE / "frankfurt_leftImg8bit.png"
+    (written,) = demo.main(["--config-file", SEG_CONFIG, "--input", str(frame), "--output",
+                            str(tmp_path), "MODEL.WEIGHTS", seg_weights])
+    assert Image.open(written).size == Image.open(frame).size == (2048, 1024)
+
+
+def test_analyze_model_counts_parameters_and_flops():
+    analyze = _load_tool("analyze_model")
+    cfg = get_vlt_cfg()
+    cfg.merge_from_file(SEG_CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    full = analyze.analyze(cfg, (64, 128))
+    model = build_model(cfg)
+    assert full["total"] == sum(p.numel() for p in model.parameters())
+    assert full["trainable"] == full["total"]
+    assert full["gflops"] > 0 and "backbone" in full["gflops_by_module"]
+    assert "sem_seg_head" in full["table"]
+    # FLOPs grow with the image: 4x the pixels, at least 3x the work.
+    bigger = analyze.analyze(cfg, (128, 256))
+    assert bigger["gflops"] > 3 * full["gflops"]
+
+    cfg.MODEL.VLT_BACKBONE.FINETUNE = "rein"
+    cfg.MODEL.VLT_BACKBONE.REIN.NUM_TOKENS = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    rein = analyze.analyze(cfg, (64, 128), with_flops=False)
+    trunk = sum(p.numel() for p in model.backbone.trunk.parameters())
+    assert rein["trainable"] < rein["total"] - trunk + 1
+    assert "gflops" not in rein
+
+
+@pytest.mark.slow
+def test_study_trains_each_mode_and_writes_one_table(tmp_path):
+    from tests.engine.tiny_train_net import tiny_opts
+
+    study_tool = _load_tool("run_study")
+    os.environ["VLT_TINY_SYNTHDG_ROOT"] = str(tmp_path / "synthdg")
+    os.environ["PYTHONPATH"] = str(REPO)
+    try:
+        study = study_tool.main([
+            "--config-file", SEG_CONFIG, "--output", str(tmp_path / "study"),
+            "--modes", "full", "rein", "--train-script",
+            str(REPO / "tests" / "engine" / "tiny_train_net.py"),
+            *tiny_opts(test_domains=("source", "fog")),
+            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+            "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS", "24",
+        ])
+    finally:
+        del os.environ["VLT_TINY_SYNTHDG_ROOT"], os.environ["PYTHONPATH"]
+    assert [r["mode"] for r in study["runs"]] == ["full", "rein"]
+    assert study["metric"] == "mIoU" and len(study["domains"]) == 2
+    on_disk = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert on_disk == json.loads(json.dumps(study))
+    table = (tmp_path / "study" / "study.md").read_text()
+    assert "| full" in table or "full " in table
+    assert "rein" in table
+    assert (tmp_path / "study" / "study.png").stat().st_size > 1000
+    for mode in ("full", "rein"):
+        config = (tmp_path / "study" / f"ViT-B-16__{mode}" / "config.yaml").read_text()
+        assert f"FINETUNE: {mode}" in config
