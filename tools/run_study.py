@@ -25,6 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+from vlt_common.engine import get_vlt_cfg
 from vlt_common.utils.atomic import atomic_write, atomic_write_bytes
 
 MODES = ("full", "frozen", "rein", "frozen_warmup")
@@ -89,8 +90,7 @@ def run_overrides(mode, backbone, max_iter, warmup_fraction):
     return opts
 
 
-def _run_name(backbone, mode):
-    arch = backbone[0] if backbone else "config"
+def _run_name(arch, mode):
     return f"{arch.replace(':', '-').replace('/', '-')}__{mode}"
 
 
@@ -185,8 +185,6 @@ def plot_study(study, path):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
-    from vlt_common.engine import get_vlt_cfg
-
     cfg = get_vlt_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
@@ -196,14 +194,14 @@ def main(argv=None):
 
     runs = []
     for backbone in backbones:
+        arch = backbone[0] if backbone else cfg.MODEL.VLT_BACKBONE.ARCH
         for mode in args.modes:
-            name = _run_name(backbone, mode)
+            name = _run_name(arch, mode)
             opts = args.opts + run_overrides(mode, backbone, cfg.SOLVER.MAX_ITER, args.warmup_fraction)
             out = os.path.join(args.output, name)
             path = train_one(args.train_script, args.config_file, out, opts, args.num_gpus)
             with open(path) as f:
                 report = json.load(f)
-            arch = backbone[0] if backbone else cfg.MODEL.VLT_BACKBONE.ARCH
             runs.append({"name": name, "backbone": arch, "mode": mode, "report": report})
     study = summarize(runs)
     table = write_study(study, args.output)
