@@ -3,8 +3,8 @@
 Detectron2's :class:`SimpleFeaturePyramid` does the work; the subclass here only
 
 - reports its padding constraints under the key ``ImageList.from_tensors`` reads (Detectron2 spells
-  it ``size_divisiblity``, so batches are never padded to the pyramid's stride unless a square pad
-  is set, and a 64x95 image would give p5/p6 maps that no longer line up with the anchors);
+  it ``size_divisiblity``, so without a square pad batches are not padded at all: the trunk
+  rejects a 64x95 batch, and a 64x80 one gives a floor-sized p5 that no longer covers the image);
 - forwards VLT's backbone contract of the wrapped trunk (``num_layers``, ``layer_id`` for
   layer-wise lr decay, ``set_trunk_trainable`` for the frozen-backbone warm-up,
   ``trunk_parameters``), with the trunk's parameters under ``net.``.
