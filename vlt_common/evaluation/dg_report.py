@@ -21,7 +21,13 @@ from vlt_common.engine.checkpoint import atomic_write_bytes
 
 from .plot import plot_dg_report
 
-__all__ = ["relative_performance", "build_dg_report", "write_dg_report", "TASKS"]
+__all__ = [
+    "TASKS",
+    "build_dg_report",
+    "format_dg_tables",
+    "relative_performance",
+    "write_dg_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,30 +178,34 @@ def _fmt(value):
     return f"{value:.1f}" if math.isfinite(value) else "-"
 
 
+def _row(label, entry, role, spec):
+    return (
+        [label, entry["domain"], role]
+        + [_fmt(entry["metrics"][m]) for m in spec.headline]
+        + [_fmt(entry["rPD"][spec.primary])]
+    )
+
+
 def format_dg_tables(report):
     """The report as text tables (one summary and one per-class table per task)."""
     blocks = []
-    fmt = _fmt
     for task, data in report["tasks"].items():
         entries = data["datasets"]
         spec = TASKS[task]
         order = [n for n in [report["source"]] + report["targets"] if n in entries]
-        rows = []
-        for name in order:
-            e = entries[name]
-            role = "source" if name == report["source"] else "target"
-            rows.append([name, e["domain"], role] + [fmt(e["metrics"][m]) for m in spec.headline]
-                        + [fmt(e["rPD"][spec.primary])])
         mean = data["mean_target"]
-        rows.append(["mean (targets)", "", ""] + [fmt(mean["metrics"][m]) for m in spec.headline]
-                    + [fmt(mean["rPD"][spec.primary])])
+        rows = [
+            _row(name, entries[name], "source" if name == report["source"] else "target", spec)
+            for name in order
+        ]
+        rows.append(_row("mean (targets)", dict(mean, domain=""), "", spec))
         headers = ["dataset", "domain", "role"] + list(spec.headline) + [f"rPD ({spec.primary})"]
         blocks.append(f"DG report, {task}:\n" + tabulate(rows, headers, tablefmt="pipe"))
         classes = list(dict.fromkeys(c for n in order for c in entries[n]["per_class"]))
         if classes:
             class_rows = [
-                [c] + [fmt(entries[n]["per_class"].get(c, float("nan"))) for n in order]
-                + [fmt(mean["per_class"].get(c, float("nan")))]
+                [c] + [_fmt(entries[n]["per_class"].get(c, float("nan"))) for n in order]
+                + [_fmt(mean["per_class"].get(c, float("nan")))]
                 for c in classes
             ]
             class_headers = ["class"] + [entries[n]["domain"] for n in order] + ["mean (targets)"]
