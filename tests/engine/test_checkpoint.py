@@ -58,3 +58,14 @@ def test_missing_weights_file_names_the_path(tmp_path):
     missing = str(tmp_path / "nowhere" / "model.pth")
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS.*nowhere/model.pth"):
         ckpt.load(missing)
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    from vlt_common.utils.atomic import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(str(tmp_path / "report.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -6,6 +6,12 @@ import tempfile
 __all__ = ["atomic_write", "atomic_write_bytes"]
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write_fn, mode="wb"):
     """
     Write a file through a temporary file in the same folder, then rename it into place
@@ -20,6 +26,8 @@ def atomic_write(path, write_fn, mode="wb"):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        # mkstemp creates the file private (0600); give it the permissions open() would.
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
             f.flush()
