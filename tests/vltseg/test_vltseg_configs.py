@@ -142,7 +142,7 @@ def test_tiny_synthdg_demo():
     domains = ("source", "palette", "fog", "night", "rain", "snow")
     assert cfg.DATASETS.TEST == tuple(f"synthdg_{d}_val" for d in domains)
     assert cfg.MODEL.VLT_BACKBONE.PRETRAINED == "" and 0 < cfg.MODEL.VLT_BACKBONE.DEPTH <= 4
-    assert cfg.SOLVER.IMS_PER_BATCH == 4 and cfg.SOLVER.MAX_ITER <= 1000
+    assert cfg.SOLVER.IMS_PER_BATCH == 4 and cfg.SOLVER.MAX_ITER <= 1500
     # It builds as written (no weights needed); setup_cfg picks the CPU without CUDA.
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
