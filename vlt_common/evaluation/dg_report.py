@@ -17,7 +17,7 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 from tabulate import tabulate
 
-from vlt_common.engine.checkpoint import atomic_write_bytes
+from vlt_common.utils.atomic import atomic_write_bytes
 
 from .plot import plot_dg_report
 

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vlt_common.engine.checkpoint import atomic_write_bytes
+from vlt_common.utils.atomic import atomic_write_bytes
 
 __all__ = ["plot_dg_report"]
 
