@@ -2,7 +2,7 @@
 # missing into .venv first (tools/install.sh; a no-op once installed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The test run uses the two cores without over-subscribing them.
+# Torch threads per process (tests and demo): the two cores, without over-subscribing them.
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: install demo test test-fast benchmark clean
