@@ -1,6 +1,5 @@
 """The user tools: prediction overlays (tools/demo.py), model analysis (tools/analyze_model.py)
 and the fine-tuning study (tools/run_study.py)."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,17 +11,11 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
+from tests.tool_loader import load_tool
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared/data/cityscapes_sample"
 SEG_CONFIG = str(REPO / "configs" / "vltseg_tiny_synthdg.yaml")
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"vlt_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +35,7 @@ def _image(path, height, width, seed):
 
 
 def test_demo_draws_overlays_for_files_folders_and_frame_lists(tmp_path, seg_weights):
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     frames = tmp_path / "frames"
     frames.mkdir()
     for k in range(2):
@@ -63,7 +56,7 @@ def test_demo_draws_overlays_for_files_folders_and_frame_lists(tmp_path, seg_wei
 
 
 def test_demo_errors_name_the_problem(tmp_path, seg_weights):
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     with pytest.raises(FileNotFoundError, match="nowhere.png"):
         demo.main(["--config-file", SEG_CONFIG, "--input", str(tmp_path / "nowhere.png"),
                    "--output", str(tmp_path / "o"), "MODEL.WEIGHTS", seg_weights])
@@ -81,7 +74,7 @@ def test_demo_errors_name_the_problem(tmp_path, seg_weights):
 @pytest.mark.slow
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="shared Cityscapes sample not present")
 def test_demo_on_the_real_cityscapes_frame(tmp_path, seg_weights):
-    demo = _load_tool("demo")
+    demo = load_tool("demo")
     frame = SAMPLE / "frankfurt_leftImg8bit.png"
     (written,) = demo.main(["--config-file", SEG_CONFIG, "--input", str(frame), "--output",
                             str(tmp_path), "MODEL.WEIGHTS", seg_weights])
@@ -89,7 +82,7 @@ def test_demo_on_the_real_cityscapes_frame(tmp_path, seg_weights):
 
 
 def test_analyze_model_counts_parameters_and_flops():
-    analyze = _load_tool("analyze_model")
+    analyze = load_tool("analyze_model")
     cfg = get_vlt_cfg()
     cfg.merge_from_file(SEG_CONFIG)
     cfg.MODEL.DEVICE = "cpu"
@@ -115,7 +108,7 @@ def test_analyze_model_counts_parameters_and_flops():
 def test_study_trains_each_mode_and_writes_one_table(tmp_path):
     from tests.engine.tiny_train_net import tiny_opts
 
-    study_tool = _load_tool("run_study")
+    study_tool = load_tool("run_study")
     os.environ["VLT_TINY_SYNTHDG_ROOT"] = str(tmp_path / "synthdg")
     os.environ["PYTHONPATH"] = str(REPO)
     try:

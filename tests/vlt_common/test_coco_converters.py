@@ -1,8 +1,6 @@
 """COCO converters: boxes, masks, categories, crowd flags and skipped classes, end to end."""
-import importlib.util
 import json
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -19,8 +17,8 @@ from vlt_common.data.datasets.coco_converters import (
     convert_bdd100k,
     convert_cityscapes,
 )
+from tests.tool_loader import load_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 # COCO category ids (1-based) of some thing classes.
 CAR, PERSON, RIDER, TRUCK = (
     THING_CLASSES.index(n) + 1 for n in ("car", "person", "rider", "truck")
@@ -201,15 +199,8 @@ def test_acdc_errors(tmp_path):
         convert_acdc(str(tmp_path), [str(panoptic)], str(tmp_path / "gt_panoptic"))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_writes_where_registration_reads_and_detectron2_loads_it(tmp_path, capsys):
-    tool = _load_tool("convert_to_coco")
+    tool = load_tool("convert_to_coco")
     root = tmp_path / "cityscapes"
     _cityscapes_tree(root, CS_OBJECTS)
     argv = ["cityscapes", "--root", str(root), "--splits", "val", "--workers", "1"]
@@ -242,7 +233,7 @@ def test_tool_writes_where_registration_reads_and_detectron2_loads_it(tmp_path, 
 
 
 def test_tool_acdc_and_bdd_outputs(tmp_path, capsys):
-    tool = _load_tool("convert_to_coco")
+    tool = load_tool("convert_to_coco")
     acdc = tmp_path / "acdc"
     panoptic = _acdc_tree(acdc)
     assert tool.main(["acdc", "--root", str(acdc), "--workers", "2",

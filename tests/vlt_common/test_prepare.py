@@ -1,8 +1,6 @@
 """Label preparation: train-id contents, parallel runs, resumability and atomic writes."""
-import importlib.util
 import logging
 import os
-import pathlib
 import struct
 import zlib
 
@@ -14,8 +12,8 @@ from vlt_common.data.conversion import convert_label_maps, png_is_complete, writ
 from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
 from vlt_common.data.datasets.prepare import label_jobs, prepare_labels, read_synthia_label
 from vlt_common.data.io import read_label_ids
+from tests.tool_loader import load_tool
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _palette_png(path, ids):
@@ -178,15 +176,8 @@ def test_missing_folders_name_the_path(tmp_path):
         prepare_labels("bdd100k", str(tmp_path))
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_prepare_tool(tmp_path, capsys):
-    tool = _load_tool("prepare_dg_datasets")
+    tool = load_tool("prepare_dg_datasets")
     root = _gta5_tree(tmp_path / "gta5", n=2)
     assert tool.main(["gta5", "--root", str(root), "--workers", "1"]) == 0
     assert "wrote 2 train-id label maps" in capsys.readouterr().out

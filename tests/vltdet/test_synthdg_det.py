@@ -5,7 +5,6 @@ covers two domains, and the demo tool draws the detections.
 The source AP is measured on the training scenes: 240 iterations from a random trunk fit them
 (AP ~0.8 in a measured run) while the held-out source scenes are still near zero (~0.08), so only
 the former is a check that cannot pass or fail by chance."""
-import importlib.util
 import json
 import os
 
@@ -20,8 +19,8 @@ from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.engine.trainer import VLTTrainer
 
 from .conftest import CONFIGS
+from tests.tool_loader import load_tool
 
-REPO = os.path.dirname(CONFIGS)
 PREFIX = "vltdet_e2e"
 TRAIN = f"{PREFIX}_det_source_train"
 SOURCE, TARGET = f"{PREFIX}_det_source_val", f"{PREFIX}_det_fog_val"
@@ -102,10 +101,7 @@ def test_dg_report_on_two_domains(trained):
 @pytest.mark.slow
 def test_demo_draws_detections(trained, tmp_path):
     cfg, _ = trained
-    path = os.path.join(REPO, "tools", "demo.py")
-    spec = importlib.util.spec_from_file_location("vlt_demo", path)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool("demo")
     image = DatasetCatalog.get(SOURCE)[0]["file_name"]
     demo_cfg = cfg.clone()
     demo_cfg.defrost()
