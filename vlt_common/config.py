@@ -54,6 +54,10 @@ def add_vlt_common_config(cfg):
     cfg.MODEL.VLT_BACKBONE.DROP_PATH_RATE = 0.0
     # Recompute the blocks' activations in backward to save memory (slower).
     cfg.MODEL.VLT_BACKBONE.GRAD_CHECKPOINT = False
+    # Keep the image tower's final norm and CLIP projection (ln_post/proj, timm's norm/head),
+    # loaded from PRETRAINED and trainable, and run every block: DenseCLIP's pixel embeddings
+    # for VLTSeg's text head (MODEL.VLTSEG.TEXT_HEAD), which requires it. False strips them.
+    cfg.MODEL.VLT_BACKBONE.CLIP_HEAD = False
     # Blocks to freeze when FINETUNE is "full": 0 trains everything; N > 0 freezes the patch and
     # position embeddings and the first N blocks; -1 freezes the whole trunk.
     cfg.MODEL.VLT_BACKBONE.FREEZE_BLOCKS = 0

@@ -76,6 +76,20 @@ def _declared_no_weight_decay(model: nn.Module) -> Set[str]:
     return names
 
 
+def _declared_weight_decay(model: nn.Module) -> Dict[str, float]:
+    """Full name -> weight decay of the parameters that modules give their own decay through
+    ``weight_decay_overrides()`` (local parameter name -> decay), e.g. DenseCLIP's context
+    vectors and gamma (MODEL.VLTSEG.TEXT_HEAD.WEIGHT_DECAY)."""
+    decays = {}
+    for module_name, module in model.named_modules():
+        declare = getattr(module, "weight_decay_overrides", None)
+        if not callable(declare):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        decays.update({prefix + name: float(decay) for name, decay in declare().items()})
+    return decays
+
+
 def _is_embedding(name: str, module: nn.Module, declared: Set[str]) -> bool:
     if name in declared or isinstance(module, nn.Embedding):
         return True
@@ -138,8 +152,9 @@ def get_param_groups(
     gets ``base_lr``. Note that in Rein mode Rein lives under the backbone, so its configs set
     the multiplier to 1.
 
-    weight decay, first rule that applies: parameters of normalization layers (by module type)
-    get ``weight_decay_norm``; embeddings (:data:`EMBEDDING_NAMES`, ``rel_pos*``,
+    weight decay, first rule that applies: a decay a module declares for its own parameters
+    (``weight_decay_overrides()``, local name -> decay); parameters of normalization layers (by
+    module type) get ``weight_decay_norm``; embeddings (:data:`EMBEDDING_NAMES`, ``rel_pos*``,
     ``nn.Embedding``, names a module lists in ``no_weight_decay()``) get ``weight_decay_embed``;
     biases (``bias`` or ``*_bias``) get ``weight_decay_bias`` (None: ``weight_decay``); the rest
     ``weight_decay``.
@@ -170,6 +185,7 @@ def get_param_groups(
         model = model.module  # names must be relative to the model ("backbone.…")
     lr_scale = _backbone_lr_scale_fn(model, backbone_multiplier, layer_decay)
     declared = _declared_no_weight_decay(model)
+    overrides = _declared_weight_decay(model)
 
     groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
     seen: Set[int] = set()
@@ -179,7 +195,9 @@ def get_param_groups(
                 continue
             seen.add(id(param))
             name = f"{module_name}.{local_name}" if module_name else local_name
-            if isinstance(module, _NORM_TYPES):
+            if name in overrides:
+                decay = overrides[name]
+            elif isinstance(module, _NORM_TYPES):
                 decay = weight_decay_norm
             elif _is_embedding(name, module, declared):
                 decay = weight_decay_embed

@@ -16,6 +16,8 @@ from vltseg.meta_arch import class_names_from_config, semantic_inference
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 IGNORE = 255
 MASK_LOSSES = {"loss_ce", "loss_mask", "loss_dice"}
+# The text head reads the backbone's CLIP projection (DenseCLIP's pixel embeddings).
+TEXT_HEAD_ON = {"MODEL.VLTSEG.TEXT_HEAD.ENABLED": True, "MODEL.VLT_BACKBONE.CLIP_HEAD": True}
 
 
 def tiny_cfg(**overrides):
@@ -104,7 +106,7 @@ def test_train_full_finetune():
 
 
 def test_train_with_text_head():
-    cfg = tiny_cfg(**{"MODEL.VLTSEG.TEXT_HEAD.ENABLED": True})
+    cfg = tiny_cfg(**TEXT_HEAD_ON)
     model = build_model(cfg)
     losses = train_step(model, batch())
     assert set(losses) == MASK_LOSSES | aux_keys(cfg) | {"loss_ptm"}
@@ -115,9 +117,25 @@ def test_train_with_text_head():
     assert model.text_head.contexts.grad is not None
 
 
+def test_text_head_default_concat_runs_in_inference():
+    # DenseCLIP concatenates the score map to the stride-16 map in training and inference
+    model = build_model(tiny_cfg(**TEXT_HEAD_ON))
+    assert model.text_head.concat_to == "res4"
+    model.eval()
+    with torch.no_grad():
+        out = model(batch(sizes=((64, 96),)))
+    assert out[0]["sem_seg"].shape == (19, 64, 96)
+
+
+def test_clip_head_without_text_head_is_an_error():
+    # the CLIP projection would get no gradient (DDP, solver)
+    with pytest.raises(ValueError, match="TEXT_HEAD.ENABLED"):
+        build_model(tiny_cfg(**{"MODEL.VLT_BACKBONE.CLIP_HEAD": True}))
+
+
 def test_text_head_concat_and_inference():
     cfg = tiny_cfg(
-        **{"MODEL.VLTSEG.TEXT_HEAD.ENABLED": True, "MODEL.VLTSEG.TEXT_HEAD.CONCAT_TO": "res5"}
+        **TEXT_HEAD_ON, **{"MODEL.VLTSEG.TEXT_HEAD.CONCAT_TO": "res5"}
     )
     model = build_model(cfg)
     train_step(model, batch())
@@ -129,7 +147,7 @@ def test_text_head_concat_and_inference():
 
 
 def test_optimizer_step_leaves_text_tower_unchanged():
-    model = build_model(tiny_cfg(**{"MODEL.VLTSEG.TEXT_HEAD.ENABLED": True}))
+    model = build_model(tiny_cfg(**TEXT_HEAD_ON))
     before = {k: v.clone() for k, v in model.text_head.text_encoder.state_dict().items()}
     contexts = model.text_head.contexts.detach().clone()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -122,6 +122,10 @@ def test_ptm_config_turns_on_the_text_head():
         0.07,
         0.4,
     )
+    # DenseCLIP's official behaviours: CLIP's own image projection, the score map joined to the
+    # stride-16 map, the loss averaged over all pixels, weight decay 1e-4 of contexts and gamma
+    assert cfg.MODEL.VLT_BACKBONE.CLIP_HEAD
+    assert (head.CONCAT_TO, head.AVG_NON_IGNORE, head.WEIGHT_DECAY) == ("res4", False, 1e-4)
 
 
 def test_cityscapes_recipe():

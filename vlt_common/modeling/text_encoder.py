@@ -1,5 +1,5 @@
-"""The frozen CLIP text tower of VLT: class names (with prompt templates, or with DenseCLIP's
-learnable context) to normalized text embeddings.
+"""The frozen CLIP text tower of VLT: class names with DenseCLIP's learnable context to text
+embeddings.
 
 This is the only place in VLT that builds open_clip's text side. Only the text tower is built
 (token embedding, position embedding, transformer, final norm, projection, causal mask); the
@@ -13,19 +13,12 @@ import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.transformer import TextTransformer
 from torch import nn
-from torch.nn import functional as F
 
 from vlt_common.modeling.backbone.weights import read_checkpoint
 
-__all__ = ["CLIPTextEncoder", "DEFAULT_TEMPLATES", "load_clip_text_state_dict"]
+__all__ = ["CLIPTextEncoder", "load_clip_text_state_dict"]
 
 logger = logging.getLogger(__name__)
-
-# The 7-template ensemble that CLIP's authors selected for ImageNet zero-shot classification
-# (open_clip's SIMPLE_IMAGENET_TEMPLATES), as format strings.
-DEFAULT_TEMPLATES: Tuple[str, ...] = tuple(
-    template("{}") for template in open_clip.SIMPLE_IMAGENET_TEMPLATES
-)
 
 # Top-level names of the text tower in open_clip's CLIP / OpenAI state dicts (CustomTextCLIP and
 # EVA-CLIP keep the same names under "text.").
@@ -150,14 +143,7 @@ class CLIPTextEncoder(nn.Module):
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.requires_grad_(False)
         self.train(False)
-        self._class_cache: Dict[Tuple[Tuple[str, ...], Tuple[str, ...]], torch.Tensor] = {}
         self._token_cache: Dict[Tuple[Tuple[str, ...], int], torch.Tensor] = {}
-        # new weights (e.g. a Detectron2 checkpoint loaded into the parent) invalidate the cache
-        self.register_load_state_dict_post_hook(CLIPTextEncoder._clear_class_cache)
-
-    @staticmethod
-    def _clear_class_cache(module: "CLIPTextEncoder", incompatible_keys) -> None:
-        module._class_cache.clear()
 
     @property
     def width(self) -> int:
@@ -196,58 +182,44 @@ class CLIPTextEncoder(nn.Module):
             return projection(pooled)
         return pooled @ projection
 
-    @torch.no_grad()
-    def encode_classes(
-        self, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
-    ) -> torch.Tensor:
+    def prompt_tokens(self, class_names: Sequence[str], num_context: int) -> torch.Tensor:
         """
-        Embed every class with every template, L2-normalize, average over templates and
-        normalize again. Cached per (class names, templates); the cache is refreshed when the
-        module moves to another device or dtype and emptied when a state dict is loaded.
+        The token ids of the prompts without their context: ``[SOT, tokens of "<name_k>", EOT,
+        0 ...]`` per class (the bare name, as DenseCLIP tokenizes it), cached per (class names,
+        num_context) and device.
 
         Args:
             class_names (Sequence[str]): K class names.
-            templates (Sequence[str]): format strings with one "{}" for the class name.
+            num_context (int): n, the number of context vectors inserted after SOT.
 
         Returns:
-            Tensor: [K, D], unit rows, no gradient.
+            Tensor: int64 [K, context_length - n] on the tower's device.
         """
-        class_names, templates = tuple(class_names), tuple(templates)
-        if not class_names or not templates:
-            raise ValueError("encode_classes needs at least one class name and one template")
-        for template in templates:
-            if template.count("{}") != 1:
-                raise ValueError(f"template {template!r} must contain exactly one '{{}}'")
-        weight = self.text.token_embedding.weight
-        key = (class_names, templates)
-        cached = self._class_cache.get(key)
-        if cached is not None and cached.device == weight.device and cached.dtype == weight.dtype:
-            return cached
-
-        prompts = [template.format(name) for name in class_names for template in templates]
-        tokens = self._tokenize(prompts, self.context_length)  # [K*T, L]
-        embeddings = F.normalize(self.text(tokens), dim=-1)
-        embeddings = embeddings.view(len(class_names), len(templates), -1).mean(dim=1)
-        embeddings = F.normalize(embeddings, dim=-1)
-        self._class_cache[key] = embeddings
-        return embeddings
+        key = (tuple(class_names), num_context)
+        tokens = self._token_cache.get(key)
+        device = self.text.token_embedding.weight.device
+        if tokens is None or tokens.device != device:
+            tokens = self._tokenize(list(class_names), self.context_length - num_context)
+            self._token_cache[key] = tokens
+        return tokens
 
     def encode_with_context(
         self, context: torch.Tensor, class_names: Sequence[str]
     ) -> torch.Tensor:
         """
-        DenseCLIP's learnable-context prompts: the token sequence of class k is
-        ``[SOT, ctx_1 .. ctx_n, tokens of "<name_k>.", EOT, padding]``, i.e. the n context
-        vectors take positions 1..n (where CoOp's "X X .. X" placeholders would be) and the
-        class tokens follow. The embedding is read at the EOT position (shifted by n), projected
-        and L2-normalized.
+        DenseCLIP's learnable-context prompts (``CLIPTextContextEncoder``): the token sequence of
+        class k is ``[SOT, ctx_1 .. ctx_n, tokens of "<name_k>", EOT, padding]``, i.e. the n
+        context vectors take positions 1..n and the bare class name follows (no template, no
+        period, as DenseCLIP tokenizes the class names). The embedding is read at the EOT
+        position (shifted by n) and projected; it is *not* normalized, since DenseCLIP adds the
+        context decoder's refinement to the raw embeddings and normalizes afterwards.
 
         Args:
             context (Tensor): [n_ctx, W] learnable context vectors.
             class_names (Sequence[str]): K class names.
 
         Returns:
-            Tensor: [K, D], unit rows; differentiable w.r.t. ``context`` only.
+            Tensor: [K, D], not normalized; differentiable w.r.t. ``context`` only.
         """
         if context.dim() != 2 or context.shape[1] != self.width:
             raise ValueError(
@@ -259,13 +231,7 @@ class CLIPTextEncoder(nn.Module):
                 f"{n_ctx} context vectors leave no room for a class name in "
                 f"{self.context_length} positions"
             )
-        key = (tuple(class_names), n_ctx)
-        tokens = self._token_cache.get(key)
-        weight = self.text.token_embedding.weight
-        if tokens is None or tokens.device != weight.device:
-            prompts = [f"{name}." for name in class_names]
-            tokens = self._tokenize(prompts, self.context_length - n_ctx)
-            self._token_cache[key] = tokens
+        tokens = self.prompt_tokens(class_names, n_ctx)
         num_classes = tokens.shape[0]
 
         embedded = self.text.token_embedding(tokens)  # [K, L - n, W]
@@ -277,4 +243,4 @@ class CLIPTextEncoder(nn.Module):
         # the EOT token has the largest id; it moved n positions to the right
         eot = tokens.argmax(dim=-1) + n_ctx
         pooled = x[torch.arange(num_classes, device=x.device), eot]  # [K, W]
-        return F.normalize(self._project(pooled), dim=-1)
+        return self._project(pooled)

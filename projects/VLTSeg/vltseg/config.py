@@ -98,7 +98,9 @@ def add_vltseg_config(cfg):
     # (vlt_common.data.datasets.builtin_meta.CITYSCAPES_19_CLASSES).
     cfg.MODEL.VLTSEG.CLASS_NAMES = []
     cfg.MODEL.VLTSEG.TEXT_HEAD = CN()
-    # Turn the text head and the pixel-text matching loss on.
+    # Turn DenseCLIP's text head and the pixel-text matching loss on. Its pixel embeddings are
+    # CLIP's own image projection of the final block's tokens, so it needs
+    # MODEL.VLT_BACKBONE.CLIP_HEAD: True (an open_clip CLIP / EVA-CLIP tower).
     cfg.MODEL.VLTSEG.TEXT_HEAD.ENABLED = False
     # open_clip model whose (frozen) text tower encodes the prompts; must match the CLIP the
     # backbone comes from so that the two embedding spaces agree.
@@ -111,20 +113,26 @@ def add_vltseg_config(cfg):
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_WIDTH = 0
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_LAYERS = 0
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_HEADS = 0
-    # Number of learnable context vectors placed before the class-name tokens.
+    # Number of learnable context vectors placed before the bare class name (DenseCLIP: 8).
     cfg.MODEL.VLTSEG.TEXT_HEAD.CONTEXT_LENGTH = 8
-    # Backbone map whose pixels are matched with the text embeddings.
-    cfg.MODEL.VLTSEG.TEXT_HEAD.IN_FEATURE = "res5"
-    # Layers of the context-aware (visual-to-text) refinement decoder.
+    # Layers of the context-aware (visual-to-text) refinement decoder (DenseCLIP's ViT: 3).
     cfg.MODEL.VLTSEG.TEXT_HEAD.REFINE_LAYERS = 3
-    # Initial value of gamma, the residual scale of the text refinement.
+    # Initial value of gamma, the residual scale of the text refinement (DenseCLIP: 1e-4).
     cfg.MODEL.VLTSEG.TEXT_HEAD.GAMMA_INIT = 1e-4
-    # Temperature tau of the pixel-text score map: cosine / tau.
+    # Temperature tau of the pixel-text score map: cosine / tau (DenseCLIP: 0.07).
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEMPERATURE = 0.07
-    # Weight lambda of L_PTM in L_total = L_Mask2Former + lambda * L_PTM.
+    # Weight lambda of L_PTM in L_total = L_Mask2Former + lambda * L_PTM (DenseCLIP: 0.4).
     cfg.MODEL.VLTSEG.TEXT_HEAD.LOSS_WEIGHT = 0.4
-    # Concatenate the score map to this backbone map before the pixel decoder ("" disables).
-    cfg.MODEL.VLTSEG.TEXT_HEAD.CONCAT_TO = ""
+    # Backbone map that gets the score map (resized to it) concatenated before the pixel
+    # decoder, in training and inference. Official: "res4", the stride-16 map (DenseCLIP's ViT
+    # config, score_concat_index=2, always concatenates); "" disables it (VLT's option).
+    cfg.MODEL.VLTSEG.TEXT_HEAD.CONCAT_TO = "res4"
+    # Reduction of L_PTM. False (official, mmseg's CrossEntropyLoss avg_non_ignore=False):
+    # mean over all pixels, ignored ones counting zero; True: mean over the labelled pixels.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.AVG_NON_IGNORE = False
+    # Weight decay of the learnable context vectors and gamma (DenseCLIP's AdamW: 1e-4); the
+    # solver takes it from the head (weight_decay_overrides) instead of SOLVER.WEIGHT_DECAY.
+    cfg.MODEL.VLTSEG.TEXT_HEAD.WEIGHT_DECAY = 1e-4
 
     # ---------------------------------------------------------------------------------------------
     # Semantic-segmentation mapper (training augmentation)

@@ -27,8 +27,8 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
 
 from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
+from .modeling.text_head import DenseCLIPTextHead
 from .query_linking import QueryLinker, build_query_linker
-from .text_head import DenseCLIPTextHead
 
 __all__ = ["VLTSeg", "semantic_inference", "class_names_from_config"]
 
@@ -116,7 +116,8 @@ class VLTSeg(nn.Module):
             pixel_mean, pixel_std (sequence[float]): per-channel normalization (0..255 scale).
             size_divisibility (int): pad images to a multiple of this; -1 uses the backbone's.
             ignore_value (int): label value without supervision.
-            text_head (DenseCLIPTextHead or None): pixel-text matching head (adds "loss_ptm").
+            text_head (DenseCLIPTextHead or None): pixel-text matching head (adds "loss_ptm");
+                needs a backbone with ``clip_embeddings()`` (``clip_head`` True).
             query_linker (QueryLinker or None): derive the queries from ``backbone.rein``.
             sliding_window (SlidingWindow or None): sliding-window inference; None = whole image.
             tta_scales (sequence[float]): test-time-augmentation scales (empty: no TTA).
@@ -164,8 +165,14 @@ class VLTSeg(nn.Module):
         input_shape = backbone.output_shape()
         text_head = None
         if cfg.MODEL.VLTSEG.TEXT_HEAD.ENABLED:
-            text_head = DenseCLIPTextHead(cfg, input_shape, class_names)
+            text_head = DenseCLIPTextHead(cfg, backbone, class_names)
             input_shape = text_head.head_input_shape(input_shape)
+        elif getattr(backbone, "clip_head", False):
+            # its CLIP projection would get no gradient (DDP and the solver would see it)
+            raise ValueError(
+                "MODEL.VLT_BACKBONE.CLIP_HEAD keeps the CLIP projection for the text head; set "
+                "MODEL.VLTSEG.TEXT_HEAD.ENABLED or turn CLIP_HEAD off"
+            )
         sliding_window = None
         if cfg.TEST.SLIDING_WINDOW.ENABLED:
             sw = cfg.TEST.SLIDING_WINDOW
@@ -217,7 +224,7 @@ class VLTSeg(nn.Module):
         features = self.backbone(x)
         score_map = None
         if self.text_head is not None and (self.training or self.text_head.concat_to):
-            score_map = self.text_head(features)
+            score_map = self.text_head(*self.backbone.clip_embeddings())
             if self.text_head.concat_to:
                 features = self.text_head.concat_score_map(features, score_map)
         return features, score_map

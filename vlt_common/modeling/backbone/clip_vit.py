@@ -3,7 +3,7 @@
 supervised ViT trunk built by open_clip or timm.
 """
 import logging
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -80,6 +80,7 @@ class CLIPViTBackbone(Backbone):
         grad_checkpoint: bool = False,
         rein: Optional[nn.Module] = None,
         neck_norm: str = "LN",
+        clip_head: bool = False,
     ):
         """
         Args:
@@ -97,11 +98,15 @@ class CLIPViTBackbone(Backbone):
             rein (nn.Module or None): a Rein module, called as ``rein(tokens, i,
                 num_prefix_tokens)`` after block i.
             neck_norm (str): norm inside the 4x path of the neck.
+            clip_head (bool): keep the tower's final norm and CLIP projection (trainable) and
+                run every block, for :meth:`clip_embeddings` (DenseCLIP's pixel embeddings).
         """
         super().__init__()
         adapter = get_trunk_adapter(trunk)
-        adapter.strip_head(trunk)
+        adapter.strip_head(trunk, keep=adapter.clip_head_names if clip_head else ())
         adapter.check_trunk(trunk)
+        self.clip_head = clip_head
+        self._final_tokens: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
         self._adapter = adapter
         self.trunk = trunk
         self.embed_dim = adapter.embed_dim(trunk)
@@ -151,6 +156,8 @@ class CLIPViTBackbone(Backbone):
             self._taps_after_block.setdefault(index, []).append(name)
         # Blocks after the last tapped one would never get a gradient: skip and freeze them.
         self._num_run_blocks = max(self._tap_blocks.values()) + 1
+        if clip_head:  # the CLIP projection reads the last block's tokens
+            self._num_run_blocks = self.num_layers
         if self._num_run_blocks < self.num_layers:
             logger.info(
                 "Blocks %d..%d feed no output; they are skipped and frozen.",
@@ -209,6 +216,7 @@ class CLIPViTBackbone(Backbone):
             patch_size=bcfg.PATCH_SIZE,
             drop_path_rate=bcfg.DROP_PATH_RATE,
             pretrained=bcfg.PRETRAINED,
+            clip_head=bcfg.CLIP_HEAD,
         )
         # "frozen_warmup" builds like "full"; a training hook toggles set_trunk_trainable().
         freeze_blocks = bcfg.FREEZE_BLOCKS if bcfg.FINETUNE in ("full", "frozen_warmup") else -1
@@ -234,6 +242,7 @@ class CLIPViTBackbone(Backbone):
             "freeze_blocks": freeze_blocks,
             "grad_checkpoint": bcfg.GRAD_CHECKPOINT,
             "rein": rein,
+            "clip_head": bcfg.CLIP_HEAD,
         }
 
     # ----------------------------------------------------------------------------------------------
@@ -283,6 +292,8 @@ class CLIPViTBackbone(Backbone):
                 tokens = self.rein(tokens, i, self.num_prefix_tokens)
             for name in self._taps_after_block.get(i, ()):
                 maps[name] = self._to_map(tokens, grid)
+        if self.clip_head:
+            self._final_tokens = (tokens, grid)
         if self.neck is None:
             return maps
         return self.neck(maps)
@@ -291,6 +302,31 @@ class CLIPViTBackbone(Backbone):
         # [B, P + h * w, C] -> [B, C, h, w]
         patches = tokens[:, self.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+
+    # ----------------------------------------------------------------------------------------------
+    # CLIP embeddings (DenseCLIP text head)
+    # ----------------------------------------------------------------------------------------------
+    def clip_embeddings(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        DenseCLIP's visual embeddings of the images of the last :meth:`forward`: the tower's own
+        final norm and CLIP projection applied to the final block's tokens (after Rein, if any).
+        Needs ``clip_head=True`` (MODEL.VLT_BACKBONE.CLIP_HEAD). Each forward's tokens are read
+        once: the call releases them.
+
+        Returns:
+            tuple[Tensor, Tensor]: CLIP's pooled image embedding [B, D] and the pixel embeddings
+            [B, D, H / p, W / p] (patch stride p), neither normalized.
+        """
+        if not self.clip_head:
+            raise RuntimeError(
+                "clip_embeddings() needs the CLIP projection: set MODEL.VLT_BACKBONE.CLIP_HEAD"
+            )
+        if self._final_tokens is None:
+            raise RuntimeError("clip_embeddings() reads the tokens of a forward; call it after one")
+        (tokens, grid), self._final_tokens = self._final_tokens, None
+        pooled, patches = self._adapter.clip_embed(self.trunk, tokens)
+        pixels = patches.transpose(1, 2).reshape(tokens.shape[0], -1, grid[0], grid[1])
+        return pooled, pixels
 
     # ----------------------------------------------------------------------------------------------
     # Training helpers (solver and hooks)

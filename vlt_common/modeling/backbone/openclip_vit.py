@@ -30,6 +30,7 @@ class OpenCLIPViTAdapter(TrunkAdapter):
     embedding_names = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
     blocks_name = "transformer.resblocks"
     head_names = ("ln_post", "proj", "attn_pool", "attn_pool_contrastive")
+    clip_head_names = ("ln_post", "proj")
 
     def check_trunk(self, trunk):
         if not trunk.transformer.batch_first:
@@ -66,6 +67,19 @@ class OpenCLIPViTAdapter(TrunkAdapter):
         )
         x = x + pos_embed.to(x.dtype)
         return trunk.ln_pre(x), {}
+
+    def clip_embed(self, trunk, tokens):
+        # open_clip's pooling for CLIP ViTs ("tok", norm before pooling): the pooled embedding
+        # is the class token's row of ln_post(tokens) @ proj.
+        attn_pool = getattr(trunk, "attn_pool", None)
+        has_attn_pool = isinstance(attn_pool, nn.Module) and not isinstance(attn_pool, nn.Identity)
+        if trunk.pool_type != "tok" or trunk.final_ln_after_pool or has_attn_pool:
+            raise ValueError(
+                "The CLIP projection of open_clip towers is supported for class-token pooling "
+                f"only (pool_type 'tok'), got pool_type={trunk.pool_type!r}"
+            )
+        x = trunk.ln_post(tokens) @ trunk.proj  # [B, 1 + h * w, D]
+        return x[:, 0], x[:, 1:]
 
     def convert_checkpoint(self, state_dict, trunk):
         if any(k.startswith(_VISUAL_PREFIX) for k in state_dict):

@@ -21,6 +21,8 @@ class TimmViTAdapter(TrunkAdapter):
     family = "timm ViT"
     embedding_names = ("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")
     head_names = ("norm", "fc_norm", "attn_pool", "head")
+    # A CLIP tower in timm (EVA02-CLIP via open_clip) projects with ``head`` (num_classes = D)
+    clip_head_names = ("norm", "head")
 
     def check_trunk(self, trunk):
         _check_dynamic(trunk)
@@ -42,6 +44,21 @@ class TimmViTAdapter(TrunkAdapter):
         x = trunk.patch_embed(x)  # [B, h, w, C] (dynamic size)
         x = trunk._pos_embed(x)  # prefix tokens + resampled position embeddings, [B, N, C]
         return trunk.norm_pre(x), {}
+
+    def clip_embed(self, trunk, tokens):
+        # timm's forward_head with class-token pooling: head(norm(tokens)[:, 0]).
+        fc_norm = getattr(trunk, "fc_norm", nn.Identity())
+        if trunk.global_pool != "token" or not isinstance(fc_norm, nn.Identity):
+            raise ValueError(
+                "The CLIP projection of timm towers is supported for class-token pooling only, "
+                f"got global_pool={trunk.global_pool!r}"
+            )
+        if isinstance(trunk.head, nn.Identity):
+            raise ValueError(
+                f"The {self.family} trunk was built without its projection head (num_classes=0)."
+            )
+        x = trunk.head(trunk.norm(tokens))  # [B, P + h * w, D]
+        return x[:, 0], x[:, self.num_prefix_tokens(trunk) :]
 
     def convert_checkpoint(self, state_dict, trunk):
         return vision_transformer.checkpoint_filter_fn(state_dict, trunk)

@@ -43,6 +43,10 @@ class TrunkAdapter:
     #: features are taken from the blocks, so :meth:`strip_head` removes these modules and the
     #: weight loader skips their checkpoint keys.
     head_names: Tuple[str, ...] = ()
+    #: The part of :attr:`head_names` that is CLIP's image-side projection: the final norm and
+    #: the projection to the joint image-text space. Kept (not stripped, loaded from the
+    #: checkpoint) when the backbone is built with ``clip_head=True``; see :meth:`clip_embed`.
+    clip_head_names: Tuple[str, ...] = ()
 
     # ----------------------------------------------------------------------------------------------
     # Structure
@@ -54,12 +58,18 @@ class TrunkAdapter:
         """
         raise NotImplementedError
 
-    def strip_head(self, trunk: nn.Module) -> None:
+    def strip_head(self, trunk: nn.Module, keep: Sequence[str] = ()) -> None:
         """
         Remove the modules listed in :attr:`head_names` from ``trunk`` (in place; idempotent), so
         that they hold no parameters that would never receive a gradient.
+
+        Args:
+            keep (sequence[str]): names of :attr:`head_names` to leave in place (the
+                :attr:`clip_head_names` when the CLIP projection is used).
         """
         for name in self.head_names:
+            if name in keep:
+                continue
             value = getattr(trunk, name, None)
             if isinstance(value, nn.Parameter):
                 setattr(trunk, name, None)
@@ -119,6 +129,27 @@ class TrunkAdapter:
             Tensor: tokens [B, N, C].
         """
         return block(x)
+
+    def clip_embed(
+        self, trunk: nn.Module, tokens: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        CLIP's own image-side projection (final norm, then projection) of the last block's
+        tokens, as DenseCLIP computes its ViT pixel embeddings; needs the modules of
+        :attr:`clip_head_names` (``strip_head(trunk, keep=clip_head_names)``).
+
+        Args:
+            trunk (nn.Module):
+            tokens (Tensor): [B, P + h * w, C], the output of the last block.
+
+        Returns:
+            tuple[Tensor, Tensor]: CLIP's pooled image embedding [B, D] and the projected patch
+            tokens [B, h * w, D].
+        """
+        raise ValueError(
+            f"The {self.family} trunk has no CLIP image projection (final norm + projection to "
+            "the image-text space); the DenseCLIP text head needs a CLIP image tower."
+        )
 
     # ----------------------------------------------------------------------------------------------
     # Parameters and checkpoints

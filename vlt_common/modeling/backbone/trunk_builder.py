@@ -61,6 +61,7 @@ def build_trunk(
     patch_size: int = 16,
     drop_path_rate: float = 0.0,
     pretrained: str = "",
+    clip_head: bool = False,
 ) -> nn.Module:
     """
     Build the image tower named ``arch``, head removed, ready for :class:`CLIPViTBackbone`.
@@ -78,6 +79,9 @@ def build_trunk(
             (timm's ``resample_patch_embed``). 0 keeps the architecture's patch size.
         drop_path_rate (float): stochastic depth of the last block, linearly increasing from 0.
         pretrained (str): local checkpoint path ("" keeps the random initialization).
+        clip_head (bool): keep (and load) the tower's final norm and projection to the CLIP
+            embedding space (the adapter's ``clip_head_names``), for DenseCLIP's pixel
+            embeddings; only for open_clip CLIP towers.
 
     Returns:
         nn.Module: the trunk (open_clip ``VisionTransformer`` or a timm model).
@@ -89,6 +93,11 @@ def build_trunk(
         checkpoint, fmt = read_checkpoint(pretrained, expected=expected_weights(arch))
     shrink = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     if arch.startswith(TIMM_PREFIX):
+        if clip_head:
+            raise ValueError(
+                f"MODEL.VLT_BACKBONE.ARCH '{arch}' names a timm model, which has no CLIP "
+                "projection; the CLIP head (DenseCLIP text head) needs an open_clip model name."
+            )
         trunk = _build_timm(arch[len(TIMM_PREFIX) :], shrink, patch_size, drop_path_rate)
     else:
         config = open_clip.get_model_config(arch)
@@ -98,16 +107,27 @@ def build_trunk(
                 f"EVA02-L-14; see open_clip.list_models()) nor '{TIMM_PREFIX}<timm model name>'."
             )
         vision_cfg = config["vision_cfg"]
+        # The CLIP projection's output width (only built with clip_head).
+        clip_dim = config["embed_dim"] if clip_head else 0
         if vision_cfg.get("timm_model_name"):
-            trunk = _build_timm(vision_cfg["timm_model_name"], shrink, patch_size, drop_path_rate)
+            if clip_head and vision_cfg.get("timm_proj"):
+                raise ValueError(
+                    f"{arch}: open_clip projects this timm tower outside the trunk "
+                    f"(timm_proj={vision_cfg['timm_proj']!r}); the CLIP head is not supported."
+                )
+            trunk = _build_timm(
+                vision_cfg["timm_model_name"], shrink, patch_size, drop_path_rate, clip_dim
+            )
         else:
             # OpenAI's CLIP was trained with QuickGELU; its TorchScript archives need it.
             quick_gelu = config.get("quick_gelu", False) or fmt == "torchscript"
             if quick_gelu and not config.get("quick_gelu", False):
                 logger.info("OpenAI CLIP archive '%s': %s uses QuickGELU.", pretrained, arch)
-            trunk = _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu)
+            trunk = _build_openclip(
+                vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, clip_dim
+            )
     adapter = get_trunk_adapter(trunk)
-    adapter.strip_head(trunk)
+    adapter.strip_head(trunk, keep=adapter.clip_head_names if clip_head else ())
     adapter.check_trunk(trunk)
     if checkpoint is not None:
         load_trunk_state_dict(trunk, checkpoint, source=pretrained)
@@ -128,7 +148,7 @@ def _resolve_heads(shrink: Dict[str, int], width: int, heads: int) -> Optional[i
     return new_heads
 
 
-def _build_timm(name, shrink, patch_size, drop_path_rate):
+def _build_timm(name, shrink, patch_size, drop_path_rate, clip_dim=0):
     with torch.device("meta"):
         # The architecture at its defaults, without allocating weights: its patch size, grid,
         # width and depth decide the build arguments.
@@ -138,7 +158,8 @@ def _build_timm(name, shrink, patch_size, drop_path_rate):
     grid = adapter.grid_size(native)
     depth = shrink["depth"] or len(adapter.blocks(native))
     kwargs = dict(
-        num_classes=0,
+        # clip_dim > 0: timm's head is the CLIP projection (open_clip's timm towers)
+        num_classes=clip_dim,
         patch_size=patch,
         img_size=(grid[0] * patch, grid[1] * patch),
         drop_path_rate=drop_path_rate,
@@ -154,7 +175,7 @@ def _build_timm(name, shrink, patch_size, drop_path_rate):
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu):
+def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, clip_dim=0):
     cfg = dict(vision_cfg)
     native_patch = cfg.get("patch_size", 16)
     image_size = cfg.get("image_size", 224)
@@ -171,8 +192,10 @@ def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu):
         cfg["layers"] = shrink["depth"]
     if heads is not None:
         cfg["head_width"] = cfg.get("width", width) // heads
-    # The projection width is irrelevant: the projection is removed with the head.
-    trunk = _build_vision_tower(embed_dim=width, vision_cfg=cfg, quick_gelu=quick_gelu)
+    # Without clip_dim the projection width is irrelevant: the projection is removed with the head.
+    trunk = _build_vision_tower(
+        embed_dim=clip_dim or width, vision_cfg=cfg, quick_gelu=quick_gelu
+    )
     if drop_path_rate > 0:
         _add_drop_path(trunk, drop_path_rate)
     return trunk

@@ -170,7 +170,8 @@ def load_trunk_state_dict(
     to_load = {}
     mismatched = []
     for key, value in converted.items():
-        if adapter.is_head_key(key):
+        if adapter.is_head_key(key) and key not in model_state:
+            # stripped; a kept CLIP projection (clip_head_names) loads like the blocks
             report.skipped_head.append(key)
         elif key not in model_state:
             report.unexpected.append(key)
