@@ -72,7 +72,7 @@ def test_layer_ids_and_lr_decay_groups(tiny_cfg):
 
 def test_trunk_freezing_is_forwarded(tiny_cfg):
     backbone = build_backbone(tiny_cfg("Base-VLTDet.yaml", "MODEL.VLT_BACKBONE.FINETUNE", "frozen"))
-    assert not any(p.requires_grad for p in backbone.trunk_parameters())
+    assert not any(p.requires_grad for p in backbone.net.trunk.parameters())
     assert all(p.requires_grad for n, p in backbone.named_parameters() if n.startswith("simfp_"))
     backbone = build_backbone(tiny_cfg())
     backbone.set_trunk_trainable(False)

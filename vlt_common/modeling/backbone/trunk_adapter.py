@@ -13,9 +13,22 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["TrunkAdapter", "register_trunk_adapter", "get_trunk_adapter"]
+__all__ = [
+    "TrunkAdapter",
+    "register_trunk_adapter",
+    "get_trunk_adapter",
+    "square_size",
+    "PATCH_DROP_MESSAGE",
+    "prepare_trunk",
+]
 
 _ADAPTERS: List["TrunkAdapter"] = []
+
+#: The error of :meth:`TrunkAdapter.check_trunk` for a trunk built with patch dropout.
+PATCH_DROP_MESSAGE = (
+    "The trunk was built with patch dropout, which drops tokens of the dense feature maps; "
+    "build it without (timm: patch_drop_rate=0, open_clip: patch_dropout=0)."
+)
 
 
 class TrunkAdapter:
@@ -54,6 +67,20 @@ class TrunkAdapter:
         """
         raise NotImplementedError
 
+    def timm_create_kwargs(self, native_trunk: nn.Module, depth: int) -> Dict:
+        """
+        Extra keyword arguments for ``timm.create_model`` (timm families only; the builder calls
+        this for every timm trunk).
+
+        Args:
+            native_trunk (nn.Module): the architecture at its defaults (on the meta device).
+            depth (int): the number of blocks the trunk is built with.
+
+        Returns:
+            dict
+        """
+        return {}
+
     def strip_head(self, trunk: nn.Module) -> None:
         """
         Remove the modules listed in :attr:`head_names` from ``trunk`` (in place; idempotent), so
@@ -80,7 +107,7 @@ class TrunkAdapter:
 
     def patch_size(self, trunk: nn.Module) -> int:
         """Returns: the (square) patch size in pixels."""
-        return _square(trunk.patch_embed.patch_size, "patch size")
+        return square_size(trunk.patch_embed.patch_size, "patch size")
 
     def grid_size(self, trunk: nn.Module) -> Tuple[int, int]:
         """Returns: the grid (rows, columns) of the trunk's stored position embeddings."""
@@ -166,11 +193,40 @@ class TrunkAdapter:
         raise NotImplementedError
 
 
+def prepare_trunk(trunk: nn.Module) -> TrunkAdapter:
+    """
+    Make a trunk ready for :class:`CLIPViTBackbone`: remove its pooling head
+    (:meth:`TrunkAdapter.strip_head`) and check how it was built (:meth:`TrunkAdapter.check_trunk`).
+    The backbone calls this once, on whatever trunk it is given.
+
+    Args:
+        trunk (nn.Module): a vision tower with a registered adapter.
+
+    Returns:
+        TrunkAdapter: the trunk's adapter.
+    """
+    adapter = get_trunk_adapter(trunk)
+    adapter.strip_head(trunk)
+    adapter.check_trunk(trunk)
+    return adapter
+
+
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _square(size, what: str) -> int:
+def square_size(size, what: str) -> int:
+    """
+    Args:
+        size (int or tuple[int, int]): a size as timm / open_clip store it.
+        what (str): what the size is, for the error message.
+
+    Returns:
+        int: the side of a square size.
+
+    Raises:
+        ValueError: the size is not square.
+    """
     if isinstance(size, int):
         return size
     if size[0] != size[1]:
