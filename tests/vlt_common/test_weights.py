@@ -406,3 +406,29 @@ def test_directory_and_truncated_files(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"epoch_32\.pt.*zip archive.*download complete"):
         read_checkpoint(str(cut))
+
+
+@pytest.mark.parametrize("arch", ["ViT-L-14", "EVA02-L-14"])
+@torch.no_grad()
+def test_rein_conversion_of_clip_and_eva_files(tmp_path, arch):
+    """Rein converts its CLIP and EVA02 files the same way (convert_eva2_512x512.py): bicubic
+    kernel, the 16 x 16 grid of 224 px at patch 14 resized to 32 x 32."""
+    source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
+    state = source.state_dict()
+    prefix = "visual." if arch == "ViT-L-14" else "visual.trunk."
+    path = tmp_path / "patch14.bin"
+    torch.save({prefix + k: v for k, v in state.items()}, path)
+    cfg = single_cfg(arch, PRETRAINED=str(path), PATCH_RESAMPLE="interpolate")
+    cfg.MODEL.VLT_BACKBONE.POS_EMBED_GRID = [32, 32]
+    backbone = CLIPViTBackbone(cfg).eval()
+    kernel_key = "conv1.weight" if arch == "ViT-L-14" else "patch_embed.proj.weight"
+    pos_key = "positional_embedding" if arch == "ViT-L-14" else "pos_embed"
+    loaded = backbone.trunk.state_dict()
+    kernel = F.interpolate(state[kernel_key], size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(loaded[kernel_key], kernel, atol=1e-7)
+    pos = state[pos_key].reshape(-1, 1 + 16 * 16, 64)
+    grid = pos[:, 1:].reshape(1, 16, 16, 64).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False)
+    expected = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 1024, 64)], dim=1)
+    assert torch.allclose(loaded[pos_key].reshape(1, -1, 64), expected, atol=1e-7)
+    assert backbone(torch.randn(1, 3, 512, 512))["last_feat"].shape == (1, 64, 32, 32)
