@@ -8,9 +8,8 @@ that the checkpoint's position embeddings load unchanged; the backbone interpola
 input's grid in the forward pass. ``pos_embed_grid`` instead resizes them once at load time (Rein
 converts DINOv2's 37 x 37 to 32 x 32 for 512 px crops).
 
-open_clip has no public builder of the image tower alone (``create_model`` also builds the text
-tower, at full size even for a shrunk image tower), so the tower is built with open_clip's
-``_build_vision_tower``, the function ``create_model`` itself uses.
+open_clip towers are built with its public ``create_model`` (no builder of the image tower alone is
+public), given the image tower's config and a minimal text tower that is dropped at once.
 """
 import logging
 import os
@@ -19,7 +18,6 @@ from typing import Dict, Optional, Sequence
 import open_clip
 import timm
 import torch
-from open_clip.model import _build_vision_tower
 from timm.layers import DropPath, calculate_drop_path_rates
 from torch import nn
 
@@ -35,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # ARCH values with this prefix name a timm model; anything else is an open_clip model name.
 TIMM_PREFIX = "timm:"
+# The text tower open_clip's create_model builds next to the image tower: as small as it can be,
+# it is discarded right away.
+_TINY_TEXT_CFG = dict(context_length=2, vocab_size=2, width=8, heads=1, layers=1)
 
 
 def expected_weights(arch: str) -> str:
@@ -135,7 +136,7 @@ def build_trunk(
             elif not quick_gelu and pretrained:
                 warn_if_openai_weights(arch, pretrained)
             trunk = _build_openclip(
-                vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, grid
+                arch, vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, grid
             )
     if checkpoint is not None:
         load_trunk_state_dict(
@@ -215,7 +216,7 @@ def _build_timm(name, shrink, patch_size, drop_path_rate, pos_grid):
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, pos_grid):
+def _build_openclip(arch, vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, pos_grid):
     cfg = dict(vision_cfg)
     native_patch = cfg.get("patch_size", 16)
     image_size = cfg.get("image_size", 224)
@@ -234,7 +235,15 @@ def _build_openclip(vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, 
     if heads is not None:
         cfg["head_width"] = cfg.get("width", width) // heads
     # The projection width is irrelevant: the projection is removed with the head.
-    trunk = _build_vision_tower(embed_dim=width, vision_cfg=cfg, quick_gelu=quick_gelu)
+    clip = open_clip.create_model(
+        arch,
+        pretrained=None,
+        force_quick_gelu=quick_gelu,
+        embed_dim=width,
+        vision_cfg=cfg,
+        text_cfg=_TINY_TEXT_CFG,
+    )
+    trunk = clip.visual
     if drop_path_rate > 0:
         _add_drop_path(trunk, drop_path_rate)
     return trunk
