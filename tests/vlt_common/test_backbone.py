@@ -1,5 +1,7 @@
 """CLIPViTBackbone on tiny trunks of every family: shapes, strides, sizes, patch 14, errors,
 freezing, layer ids, drop path, gradient checkpointing, the Rein hook."""
+import logging
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -395,3 +397,14 @@ def test_openclip_quickgelu_arch_and_unused_blocks_frozen():
     assert _grads_after_backward(backbone) == {
         n for n, p in backbone.named_parameters() if p.requires_grad
     }
+
+
+def test_openclip_tower_built_without_random_init_warning(caplog):
+    """open_clip's create_model builds the tower; its "initialized randomly" warning would
+    mislead (the weights load afterwards), so it is dropped, and the text tower is not kept."""
+    with caplog.at_level(logging.WARNING):
+        trunk = build_trunk("ViT-B-16", embed_dim=64, depth=2, num_heads=2)
+    assert isinstance(trunk, VisionTransformer)
+    assert "initialized randomly" not in caplog.text
+    logging.getLogger().warning("No pretrained weights loaded (outside the build)")
+    assert "outside the build" in caplog.text  # the filter does not outlive the build

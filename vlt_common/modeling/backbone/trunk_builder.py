@@ -216,6 +216,17 @@ def _build_timm(name, shrink, patch_size, drop_path_rate, pos_grid):
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """create_model warns that the model is "initialized randomly"; the trunk's weights load
+    after it is built (or it is meant to be random), so the warning would mislead."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+_RANDOM_INIT_FILTER = _DropRandomInitWarning()
+
+
 def _build_openclip(arch, vision_cfg, shrink, patch_size, drop_path_rate, quick_gelu, pos_grid):
     cfg = dict(vision_cfg)
     native_patch = cfg.get("patch_size", 16)
@@ -235,14 +246,19 @@ def _build_openclip(arch, vision_cfg, shrink, patch_size, drop_path_rate, quick_
     if heads is not None:
         cfg["head_width"] = cfg.get("width", width) // heads
     # The projection width is irrelevant: the projection is removed with the head.
-    clip = open_clip.create_model(
-        arch,
-        pretrained=None,
-        force_quick_gelu=quick_gelu,
-        embed_dim=width,
-        vision_cfg=cfg,
-        text_cfg=_TINY_TEXT_CFG,
-    )
+    root = logging.getLogger()
+    root.addFilter(_RANDOM_INIT_FILTER)
+    try:
+        clip = open_clip.create_model(
+            arch,
+            pretrained=None,
+            force_quick_gelu=quick_gelu,
+            embed_dim=width,
+            vision_cfg=cfg,
+            text_cfg=_TINY_TEXT_CFG,
+        )
+    finally:
+        root.removeFilter(_RANDOM_INIT_FILTER)
     trunk = clip.visual
     if drop_path_rate > 0:
         _add_drop_path(trunk, drop_path_rate)
