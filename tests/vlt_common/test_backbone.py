@@ -4,12 +4,12 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 from open_clip.transformer import QuickGELU, VisionTransformer
-import torch.nn.functional as F
 from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
