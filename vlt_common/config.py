@@ -50,6 +50,16 @@ def add_vlt_common_config(cfg):
     # (ViT-L/14, EVA02-L/14, DINOv2) to 16x16, as Rein and EVA-02 detection do, so that strides
     # are exactly 4/8/16/32. 0 keeps the pre-trained patch size (strides then scale by p/16).
     cfg.MODEL.VLT_BACKBONE.PATCH_SIZE = 16
+    # How a pre-trained patch kernel of another size is converted to PATCH_SIZE: "pinv" (timm's
+    # resample_patch_embed, FlexiViT's pseudo-inverse: tokens keep their scale) or "interpolate"
+    # (bicubic interpolation of the kernel, Rein's official DINOv2 conversion; its tokens are
+    # ~1.3x larger for 14 -> 16). Rein's configs use "interpolate".
+    cfg.MODEL.VLT_BACKBONE.PATCH_RESAMPLE = "pinv"
+    # Grid [rows, columns] of the stored position embeddings: the checkpoint's grid is resized to
+    # it once at load time (bicubic, no antialias), as Rein converts DINOv2's 37x37 to [32, 32]
+    # for 512 px crops at patch 16. [] keeps the pre-training grid. Either way the embeddings are
+    # interpolated at run time to inputs of another grid (DINOv2 trunks: DINOv2's own formula).
+    cfg.MODEL.VLT_BACKBONE.POS_EMBED_GRID = []
     # Stochastic depth rate of the last block (linearly increasing over the blocks).
     cfg.MODEL.VLT_BACKBONE.DROP_PATH_RATE = 0.0
     # Recompute the blocks' activations in backward to save memory (slower).

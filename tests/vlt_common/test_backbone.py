@@ -1,7 +1,10 @@
 """CLIPViTBackbone on tiny trunks of every family: shapes, strides, sizes, patch 14, errors,
 freezing, layer ids, drop path, gradient checkpointing, the Rein hook."""
+import logging
+
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
@@ -11,7 +14,15 @@ from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
 from vlt_common.config import add_vlt_common_config
-from vlt_common.modeling.backbone import CLIPViTBackbone, build_trunk, default_out_indices
+from vlt_common.modeling.backbone import (
+    AdapterParameters,
+    CLIPViTBackbone,
+    ReinTokenSource,
+    VLTBackbone,
+    build_trunk,
+    default_out_indices,
+    get_trunk_adapter,
+)
 
 # One architecture per family, plus the patch-14 ones.
 ARCHS = [
@@ -25,9 +36,11 @@ ARCHS = [
     "timm:vit_base_patch16_224.augreg_in21k_ft_in1k",
 ]
 PATCH14 = ["ViT-L-14", "EVA02-L-14", "timm:vit_large_patch14_dinov2"]
+# DINOv2 interpolates its position embeddings its own way (test_dinov2_pos_embed_*); a timm ViT
+# with register tokens and no class token stands in for its token layout here.
 TIMM_FAMILIES = [
     "EVA02-B-16",
-    "timm:vit_large_patch14_reg4_dinov2",
+    "timm:vit_base_patch16_reg4_gap_256",
     "timm:samvit_base_patch16",
     "timm:vit_large_patch16_224.mae",
 ]
@@ -146,6 +159,52 @@ def test_timm_dynamic_size_matches_timm_forward(arch):
         assert torch.allclose(backbone(x)["last_feat"], expected, atol=1e-5, rtol=0)
 
 
+def _dinov2_reference(pos_embed, old, new):
+    """DINOv2's interpolate_pos_encoding, re-derived: the patch grid scaled by (n + 0.1) / N per
+    axis, bicubic, no antialias; the class entry unchanged."""
+    cls_pos, grid = pos_embed[:, :1], pos_embed[:, 1:]
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    scale = ((new[0] + 0.1) / old, (new[1] + 0.1) / old)
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+    return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], -1)], dim=1)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (64, 96)])
+@torch.no_grad()
+def test_dinov2_pos_embed_interpolation_follows_dinov2(size):
+    """Away from the stored 37 x 37 grid (518 px at patch 14), DINOv2 trunks interpolate their
+    position embeddings as DINOv2 does, not with timm's antialiased resize."""
+    backbone = CLIPViTBackbone(single_cfg("timm:vit_large_patch14_dinov2")).eval()
+    trunk, adapter = backbone.trunk, get_trunk_adapter(backbone.trunk)
+    x = torch.randn(1, 3, *size)
+    grid = (size[0] // 16, size[1] // 16)
+    tokens, _ = adapter.embed(trunk, x)
+    patches = trunk.patch_embed(x).reshape(1, -1, 64)
+    with_cls = torch.cat([trunk.cls_token, patches], dim=1)
+    expected = with_cls + _dinov2_reference(trunk.pos_embed, 37, grid)
+    assert torch.allclose(tokens, expected, atol=1e-6, rtol=0)
+    timm_way = with_cls + resample_abs_pos_embed(trunk.pos_embed, list(grid), old_size=[37, 37])
+    assert (tokens - timm_way).abs().max() > 1e-2
+
+
+def test_sam_layer_norms_use_eps_1e6():
+    """SAM's image encoder normalizes with LayerNorm(eps=1e-6), not timm's default 1e-5."""
+    backbone = CLIPViTBackbone(tiny_cfg("timm:samvit_base_patch16"))
+    norms = [m for m in backbone.trunk.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 2 * 2  # norm1 and norm2 of both blocks (the neck is removed)
+    assert all(m.eps == 1e-6 for m in norms)
+
+
+def test_backbone_contract():
+    """The solver, hooks and VLTSeg see the contract's members on CLIPViTBackbone."""
+    backbone = CLIPViTBackbone(tiny_cfg())
+    assert isinstance(backbone, VLTBackbone)
+    assert not isinstance(nn.Linear(2, 2), VLTBackbone)
+    # Optional parts of the contract are declared; implementing them is Rein's business.
+    assert callable(getattr(ReinTokenSource, "rein_layer_tokens"))
+    assert callable(getattr(AdapterParameters, "adapter_parameter_names"))
+
+
 def test_input_size_errors():
     backbone = CLIPViTBackbone(tiny_cfg())
     with pytest.raises(ValueError, match=r"64x95 is not a multiple of the patch size 16"):
@@ -253,14 +312,14 @@ def test_rein_hook_after_every_block(arch, prefix):
 
 def test_finetune_modes():
     frozen = CLIPViTBackbone(tiny_cfg(FINETUNE="frozen", FREEZE_BLOCKS=0))
-    assert not any(p.requires_grad for p in frozen.trunk_parameters())
+    assert not any(p.requires_grad for p in frozen.trunk.parameters())
     assert all(p.requires_grad for p in frozen.neck.parameters()) and frozen.rein is None
     warmup = CLIPViTBackbone(tiny_cfg(FINETUNE="frozen_warmup", FREEZE_BLOCKS=1))
     full = CLIPViTBackbone(tiny_cfg(FREEZE_BLOCKS=1))
     trainable = {n for n, p in warmup.named_parameters() if p.requires_grad}
     assert trainable == {n for n, p in full.named_parameters() if p.requires_grad}
     warmup.set_trunk_trainable(False)
-    assert not any(p.requires_grad for p in warmup.trunk_parameters())
+    assert not any(p.requires_grad for p in warmup.trunk.parameters())
     warmup.set_trunk_trainable(True)
     assert {n for n, p in warmup.named_parameters() if p.requires_grad} == trainable
 
@@ -338,3 +397,14 @@ def test_openclip_quickgelu_arch_and_unused_blocks_frozen():
     assert _grads_after_backward(backbone) == {
         n for n, p in backbone.named_parameters() if p.requires_grad
     }
+
+
+def test_openclip_tower_built_without_random_init_warning(caplog):
+    """open_clip's create_model builds the tower; its "initialized randomly" warning would
+    mislead (the weights load afterwards), so it is dropped, and the text tower is not kept."""
+    with caplog.at_level(logging.WARNING):
+        trunk = build_trunk("ViT-B-16", embed_dim=64, depth=2, num_heads=2)
+    assert isinstance(trunk, VisionTransformer)
+    assert "initialized randomly" not in caplog.text
+    logging.getLogger().warning("No pretrained weights loaded (outside the build)")
+    assert "outside the build" in caplog.text  # the filter does not outlive the build

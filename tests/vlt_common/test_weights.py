@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.transformer import QuickGELU
 from safetensors.torch import save_file
@@ -14,7 +15,8 @@ from tests.vlt_common.test_backbone import single_cfg, tiny_cfg
 from vlt_common.modeling.backbone import (
     CLIPViTBackbone,
     build_trunk,
-    load_trunk_weights,
+    get_trunk_adapter,
+    load_trunk_state_dict,
     read_checkpoint,
 )
 
@@ -35,10 +37,18 @@ def _randomize(module):
     return module
 
 
+def load_trunk_weights(trunk, path):
+    """What build_trunk does with MODEL.VLT_BACKBONE.PRETRAINED, on an existing trunk."""
+    return load_trunk_state_dict(trunk, read_checkpoint(str(path))[0], source=str(path))
+
+
 def _assert_same_tensors(trunk, reference_state):
+    """Every tensor but the pooling head's (never loaded; the backbone removes it)."""
+    adapter = get_trunk_adapter(trunk)
     state = trunk.state_dict()
     for key, value in state.items():
-        assert torch.equal(value, reference_state[key].to(value.dtype)), key
+        if not adapter.is_head_key(key):
+            assert torch.equal(value, reference_state[key].to(value.dtype)), key
 
 
 @torch.no_grad()
@@ -128,7 +138,8 @@ def test_eva_clip_checkpoint_with_eva_key_names(tmp_path):
     report = load_trunk_weights(trunk, str(path))
     _assert_same_tensors(trunk, reference.state_dict())
     assert not report.missing and not report.unexpected
-    assert set(report.skipped_head) == {"head.weight", "norm.weight"}
+    # The reference trunk still holds its final norm (the backbone removes it), so the file does.
+    assert set(report.skipped_head) == {"head.weight", "norm.weight", "norm.bias"}
 
 
 def test_timm_safetensors_and_dinov2_original(tmp_path):
@@ -167,7 +178,9 @@ def test_sam_original_checkpoint(tmp_path):
     trunk = build_trunk(arch, embed_dim=64, depth=2, num_heads=2)
     report = load_trunk_weights(trunk, str(path))
     _assert_same_tensors(trunk, reference.state_dict())
-    assert report.skipped_head == ["neck.0.weight"] and not report.unexpected
+    # The reference trunk still holds SAM's neck (the backbone removes it), so the file does.
+    assert "neck.0.weight" in report.skipped_head and not report.unexpected
+    assert all(k.startswith("neck.") for k in report.skipped_head)
 
 
 @pytest.mark.parametrize("arch", ["ViT-L-14", "EVA02-L-14"])
@@ -187,8 +200,9 @@ def test_patch14_checkpoint_resampled_to_patch16(tmp_path, arch):
     assert torch.allclose(loaded[kernel_key], resample_patch_embed(state[kernel_key], [16, 16]))
     # Same 16 x 16 position grid as at pre-training: loaded unchanged.
     assert torch.equal(loaded[pos_key], state[pos_key])
+    adapter = get_trunk_adapter(trunk)
     for key in state:
-        if key not in (kernel_key,):
+        if key != kernel_key and not adapter.is_head_key(key):
             assert torch.equal(loaded[key], state[key]), key
 
 
@@ -198,10 +212,14 @@ def test_position_embeddings_of_another_grid_are_resampled(tmp_path):
     path = tmp_path / "vit_b_16_336.bin"
     torch.save(model.state_dict(), path)
     trunk = build_trunk("ViT-B-16", embed_dim=64, depth=2, num_heads=2, pretrained=str(path))
-    expected = resample_abs_pos_embed(
-        model.visual.positional_embedding[None], new_size=[14, 14], old_size=[21, 21]
-    )[0]
-    assert torch.allclose(trunk.positional_embedding, expected)
+    # Resized once at load time, bicubic without antialias (Rein's conversion of DINOv2's grid).
+    stored = model.visual.positional_embedding
+    grid = stored[1:].reshape(1, 21, 21, 64).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(14, 14), mode="bicubic", align_corners=False)
+    expected = torch.cat([stored[:1], grid.permute(0, 2, 3, 1).reshape(196, 64)])
+    assert torch.allclose(trunk.positional_embedding, expected, atol=1e-6)
+    antialiased = resample_abs_pos_embed(stored[None], new_size=[14, 14], old_size=[21, 21])[0]
+    assert not torch.allclose(trunk.positional_embedding, antialiased, atol=1e-4)
 
 
 def test_missing_and_unexpected_keys_are_tabulated(tmp_path, caplog):
@@ -260,3 +278,157 @@ def test_unreadable_or_unrelated_files(tmp_path):
     trunk = build_trunk("ViT-B-16", embed_dim=64, depth=2, num_heads=2)
     with pytest.raises(ValueError, match="No tensor of .*resnet.pt.* matches the open_clip ViT"):
         load_trunk_weights(trunk, str(unrelated))
+
+
+def _dinov2_file(tmp_path, dtype=torch.float32):
+    """A tiny DINOv2 release file (37 x 37 position grid, 14 x 14 kernel) and its tensors."""
+    arch = "timm:vit_large_patch14_dinov2"
+    source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
+    state = {k: v.to(dtype) for k, v in source.state_dict().items()}
+    path = tmp_path / "dinov2_vitl14_pretrain.pth"
+    torch.save(state, path)
+    return arch, path, state
+
+
+def test_rein_dinov2_conversion_interpolates_kernel_and_grid(tmp_path):
+    """PATCH_RESAMPLE "interpolate" + POS_EMBED_GRID [32, 32]: Rein's convert_dinov2 formula,
+    bicubic interpolation of the 14x14 kernel and of the 37x37 grid, no antialias."""
+    arch, path, state = _dinov2_file(tmp_path)
+    trunk = build_trunk(
+        arch,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        pretrained=str(path),
+        patch_resample="interpolate",
+        pos_embed_grid=[32, 32],
+    )
+    kernel = state["patch_embed.proj.weight"]
+    expected = F.interpolate(kernel, size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(trunk.patch_embed.proj.weight, expected, atol=1e-7)
+    # Entry (0, 0) by hand: output pixel 0 samples the input at (0 + 0.5) * 14 / 16 - 0.5 =
+    # -0.0625 on both axes; bicubic (a = -0.75) over the taps -2, -1, 0, 1 (clamped to 0, 0, 0, 1)
+    # at distances 1.9375, 0.9375, 0.0625, 1.0625.
+
+    def cubic(x):
+        x = abs(x)
+        if x <= 1:
+            return 1.25 * x**3 - 2.25 * x**2 + 1
+        return -0.75 * x**3 + 3.75 * x**2 - 6 * x + 3
+
+    w = [cubic(d) for d in (1.9375, 0.9375, 0.0625, 1.0625)]
+    taps, k = [0, 0, 0, 1], kernel[0, 0].double()
+    by_hand = sum(w[i] * w[j] * k[taps[i], taps[j]] for i in range(4) for j in range(4))
+    assert abs(trunk.patch_embed.proj.weight[0, 0, 0, 0].item() - float(by_hand)) < 1e-6
+    # Tokens of a constant patch grow with the kernel's sum: ~(16 / 14) ** 2 = 1.31 x the
+    # original, where timm's pseudo-inverse resampling keeps them.
+    pinv = resample_patch_embed(kernel, [16, 16])
+    ratio = (expected.sum((1, 2, 3)) / pinv.sum((1, 2, 3))).median()
+    assert 1.2 < ratio < 1.4
+    grid = state["pos_embed"][:, 1:].reshape(1, 37, 37, 64).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False)
+    pos = torch.cat([state["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 1024, 64)], 1)
+    assert trunk.pos_embed.shape == (1, 1 + 32 * 32, 64)
+    assert torch.allclose(trunk.pos_embed, pos, atol=1e-7)
+    # At a 512 px input the stored 32 x 32 grid is used as it is.
+    tokens, _ = get_trunk_adapter(trunk).embed(trunk, torch.zeros(1, 3, 512, 512))
+    patch_bias = trunk.patch_embed.proj.bias
+    assert torch.allclose(tokens[0, 1:], patch_bias + pos[0, 1:], atol=1e-6)
+
+
+def test_rein_conversion_keys_reach_the_builder(tmp_path):
+    arch, path, state = _dinov2_file(tmp_path)
+    cfg = single_cfg(arch, PRETRAINED=str(path), PATCH_RESAMPLE="interpolate")
+    cfg.MODEL.VLT_BACKBONE.POS_EMBED_GRID = [32, 32]
+    backbone = CLIPViTBackbone(cfg)
+    kernel = F.interpolate(
+        state["patch_embed.proj.weight"], size=(16, 16), mode="bicubic", align_corners=False
+    )
+    assert torch.allclose(backbone.trunk.patch_embed.proj.weight, kernel, atol=1e-7)
+    assert backbone.trunk.pos_embed.shape[1] == 1 + 32 * 32
+    with pytest.raises(ValueError, match="PATCH_RESAMPLE"):
+        CLIPViTBackbone(single_cfg(arch, PATCH_RESAMPLE="nearest"))
+
+
+@pytest.mark.parametrize("arch", ["EVA02-L-14", "timm:vit_large_patch14_dinov2"])
+def test_fp16_kernel_resampled_in_fp32(tmp_path, arch):
+    """An fp16 file's 14x14 kernel is cast to fp32 before it is resampled to 16x16."""
+    source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
+    key = "patch_embed.proj.weight"
+    half = {k: v.half() for k, v in source.state_dict().items()}
+    prefix = "visual.trunk." if arch.startswith("EVA") else ""
+    path = tmp_path / "half.pt"
+    torch.save({prefix + k: v for k, v in half.items()}, path)
+    trunk = build_trunk(arch, embed_dim=64, depth=2, num_heads=2, pretrained=str(path))
+    fp32_first = resample_patch_embed(half[key].float(), [16, 16])
+    assert torch.equal(trunk.state_dict()[key], fp32_first)
+    assert (resample_patch_embed(half[key], [16, 16]).float() - fp32_first).abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    "name, arch, warned",
+    [
+        ("vit_base_patch16_clip_224.openai/open_clip_pytorch_model.bin", "ViT-B-16", True),
+        ("laion2b_s34b_b88k/open_clip_pytorch_model.bin", "ViT-B-16", False),
+        ("openai/open_clip_pytorch_model.bin", "ViT-B-16-quickgelu", False),
+    ],
+)
+def test_openai_open_clip_file_under_gelu_arch_warns(tmp_path, caplog, name, arch, warned):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True)
+    torch.save(_tiny_openclip(quick_gelu=True).state_dict(), path)
+    with caplog.at_level(logging.WARNING, logger="vlt_common.modeling.backbone.trunk_builder"):
+        build_trunk(arch, embed_dim=64, depth=2, num_heads=2, pretrained=str(path))
+    assert ("QuickGELU" in caplog.text and f"'{arch}-quickgelu'" in caplog.text) == warned
+
+
+def test_directory_and_truncated_files(tmp_path):
+    folder = tmp_path / "ViT-B-16"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"'{folder}' is a directory"):
+        read_checkpoint(str(folder))
+    state = {k: v.contiguous() for k, v in _tiny_openclip().state_dict().items()}
+    whole = tmp_path / "whole.safetensors"
+    save_file(state, str(whole))
+    data = whole.read_bytes()
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes(data[: len(data) // 2])  # the header is whole, the tensors are not
+    with pytest.raises(ValueError, match=r"model\.safetensors.*download complete"):
+        read_checkpoint(str(cut))
+    cut_header = tmp_path / "header.safetensors"
+    cut_header.write_bytes(data[:20])
+    with pytest.raises(ValueError, match=r"header\.safetensors.*download complete"):
+        read_checkpoint(str(cut_header))
+    zipped = tmp_path / "whole.pt"
+    torch.save(state, zipped)
+    data = zipped.read_bytes()
+    cut = tmp_path / "epoch_32.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"epoch_32\.pt.*zip archive.*download complete"):
+        read_checkpoint(str(cut))
+
+
+@pytest.mark.parametrize("arch", ["ViT-L-14", "EVA02-L-14"])
+@torch.no_grad()
+def test_rein_conversion_of_clip_and_eva_files(tmp_path, arch):
+    """Rein converts its CLIP and EVA02 files the same way (convert_eva2_512x512.py): bicubic
+    kernel, the 16 x 16 grid of 224 px at patch 14 resized to 32 x 32."""
+    source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
+    state = source.state_dict()
+    prefix = "visual." if arch == "ViT-L-14" else "visual.trunk."
+    path = tmp_path / "patch14.bin"
+    torch.save({prefix + k: v for k, v in state.items()}, path)
+    cfg = single_cfg(arch, PRETRAINED=str(path), PATCH_RESAMPLE="interpolate")
+    cfg.MODEL.VLT_BACKBONE.POS_EMBED_GRID = [32, 32]
+    backbone = CLIPViTBackbone(cfg).eval()
+    kernel_key = "conv1.weight" if arch == "ViT-L-14" else "patch_embed.proj.weight"
+    pos_key = "positional_embedding" if arch == "ViT-L-14" else "pos_embed"
+    loaded = backbone.trunk.state_dict()
+    kernel = F.interpolate(state[kernel_key], size=(16, 16), mode="bicubic", align_corners=False)
+    assert torch.allclose(loaded[kernel_key], kernel, atol=1e-7)
+    pos = state[pos_key].reshape(-1, 1 + 16 * 16, 64)
+    grid = pos[:, 1:].reshape(1, 16, 16, 64).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False)
+    expected = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 1024, 64)], dim=1)
+    assert torch.allclose(loaded[pos_key].reshape(1, -1, 64), expected, atol=1e-7)
+    assert backbone(torch.randn(1, 3, 512, 512))["last_feat"].shape == (1, 64, 32, 32)

@@ -5,6 +5,7 @@ import torch
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import ImageList
 
+from vlt_common.modeling.backbone import VLTBackbone
 from vlt_common.solver import build_optimizer
 from vltdet.backbone import VLTSimpleFeaturePyramid
 
@@ -49,6 +50,7 @@ def test_layer_ids_and_lr_decay_groups(tiny_cfg):
     cfg = tiny_cfg("Base-VLTDet.yaml", "SOLVER.LAYER_DECAY", 0.5, "SOLVER.BASE_LR", 1.0)
     model = build_model(cfg)
     backbone = model.backbone
+    assert isinstance(backbone, VLTBackbone)  # the contract of vlt_common's backbone package
     assert backbone.num_layers == 2
     lr_of = {}
     for group in build_optimizer(cfg, model).param_groups:
@@ -72,7 +74,7 @@ def test_layer_ids_and_lr_decay_groups(tiny_cfg):
 
 def test_trunk_freezing_is_forwarded(tiny_cfg):
     backbone = build_backbone(tiny_cfg("Base-VLTDet.yaml", "MODEL.VLT_BACKBONE.FINETUNE", "frozen"))
-    assert not any(p.requires_grad for p in backbone.trunk_parameters())
+    assert not any(p.requires_grad for p in backbone.net.trunk.parameters())
     assert all(p.requires_grad for n, p in backbone.named_parameters() if n.startswith("simfp_"))
     backbone = build_backbone(tiny_cfg())
     backbone.set_trunk_trainable(False)

@@ -6,8 +6,8 @@ Detectron2's :class:`SimpleFeaturePyramid` does the work; the subclass here only
   it ``size_divisiblity``, so without a square pad batches are not padded at all: the trunk
   rejects a 64x95 batch, and a 64x80 one gives a floor-sized p5 that no longer covers the image);
 - forwards VLT's backbone contract of the wrapped trunk (``num_layers``, ``layer_id`` for
-  layer-wise lr decay, ``set_trunk_trainable`` for the frozen-backbone warm-up,
-  ``trunk_parameters``), with the trunk's parameters under ``net.``.
+  layer-wise lr decay, ``set_trunk_trainable`` for the frozen-backbone warm-up; see
+  ``vlt_common.modeling.backbone.contract``), with the trunk's parameters under ``net.``.
 """
 from detectron2.modeling import BACKBONE_REGISTRY, SimpleFeaturePyramid
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
@@ -82,10 +82,6 @@ class VLTSimpleFeaturePyramid(SimpleFeaturePyramid):
             flag (bool):
         """
         self.net.set_trunk_trainable(flag)
-
-    def trunk_parameters(self):
-        """Returns: an iterator over all trunk parameters (frozen or not)."""
-        return self.net.trunk_parameters()
 
 
 @BACKBONE_REGISTRY.register()

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .neck import MultiScaleNeck
-from .trunk_adapter import get_trunk_adapter
+from .trunk_adapter import get_trunk_adapter, prepare_trunk
 from .trunk_builder import build_trunk
 
 __all__ = ["CLIPViTBackbone", "build_clip_vit_backbone", "default_out_indices"]
@@ -53,7 +53,8 @@ def _as_stride(value: float):
 
 class CLIPViTBackbone(Backbone):
     """
-    A plain ViT trunk as a Detectron2 backbone.
+    A plain ViT trunk as a Detectron2 backbone, implementing VLT's backbone contract
+    (:mod:`.contract`).
 
     "multiscale" mode returns res2..res5 at strides p/4, p/2, p, 2p (4/8/16/32 for patch 16),
     taken from four blocks and rescaled by :class:`MultiScaleNeck`; "single" mode returns the last
@@ -87,7 +88,7 @@ class CLIPViTBackbone(Backbone):
             trunk (nn.Module): an open_clip ``VisionTransformer`` or a timm ``VisionTransformer``
                 / ``Eva`` / ``VisionTransformerSAM`` (timm ones built with
                 ``dynamic_img_size=True`` where timm has the option), e.g. from
-                :func:`build_trunk`. Its pooling head is removed here.
+                :func:`build_trunk`. Its pooling head is removed here (``prepare_trunk``).
             output (str): "multiscale" or "single".
             out_features (list[str]): a subset of res2..res5 ("multiscale"), or ["last_feat"].
             out_indices (list[int]): 0-based blocks feeding res2..res5 (four, non-decreasing);
@@ -102,9 +103,8 @@ class CLIPViTBackbone(Backbone):
                 run every block, for :meth:`clip_embeddings` (DenseCLIP's pixel embeddings).
         """
         super().__init__()
-        adapter = get_trunk_adapter(trunk)
-        adapter.strip_head(trunk, keep=adapter.clip_head_names if clip_head else ())
-        adapter.check_trunk(trunk)
+        # removes the pooling head (keeping the CLIP projection with clip_head), checks the build
+        adapter = prepare_trunk(trunk, clip_head=clip_head)
         self.clip_head = clip_head
         self._final_tokens: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
         self._adapter = adapter
@@ -217,6 +217,8 @@ class CLIPViTBackbone(Backbone):
             drop_path_rate=bcfg.DROP_PATH_RATE,
             pretrained=bcfg.PRETRAINED,
             clip_head=bcfg.CLIP_HEAD,
+            patch_resample=bcfg.PATCH_RESAMPLE,
+            pos_embed_grid=bcfg.POS_EMBED_GRID,
         )
         # "frozen_warmup" builds like "full"; a training hook toggles set_trunk_trainable().
         freeze_blocks = bcfg.FREEZE_BLOCKS if bcfg.FINETUNE in ("full", "frozen_warmup") else -1
@@ -278,6 +280,9 @@ class CLIPViTBackbone(Backbone):
                 f"({self.size_divisibility})."
             )
         grid = (height // self.patch_size, width // self.patch_size)
+        # One loop over the blocks rather than timm's / open_clip's forward_intermediates: Rein
+        # adapts the tokens after every block, blocks are checkpointed one by one, and blocks
+        # after the last tapped one are skipped.
         tokens, block_kwargs = self._adapter.embed(self.trunk, x)
         blocks = self._adapter.blocks(self.trunk)
         maps = {}
@@ -359,10 +364,6 @@ class CLIPViTBackbone(Backbone):
         params = dict(self.trunk.named_parameters())
         for name in self._trainable_trunk_names:
             params[name].requires_grad_(flag)
-
-    def trunk_parameters(self) -> Iterator[nn.Parameter]:
-        """Returns: an iterator over all trunk parameters (frozen or not)."""
-        return self.trunk.parameters()
 
 
 @BACKBONE_REGISTRY.register()

@@ -1,14 +1,16 @@
 """Adapter for open_clip's own ``VisionTransformer`` (OpenAI CLIP ViT-B/16, ViT-L/14 and the
 LAION / DataComp models with the same architecture)."""
-import math
-from typing import Tuple
-
 import torch
 from open_clip.transformer import VisionTransformer
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from .trunk_adapter import TrunkAdapter, _square, register_trunk_adapter
+from .trunk_adapter import (
+    PATCH_DROP_MESSAGE,
+    TrunkAdapter,
+    register_trunk_adapter,
+    square_size,
+)
 
 __all__ = ["OpenCLIPViTAdapter"]
 
@@ -36,16 +38,13 @@ class OpenCLIPViTAdapter(TrunkAdapter):
         if not trunk.transformer.batch_first:
             raise ValueError("The open_clip VisionTransformer must run batch-first.")
         if not isinstance(trunk.patch_dropout, nn.Identity):
-            raise ValueError(
-                "The open_clip trunk was built with patch dropout, which drops tokens of the dense "
-                "feature maps; build it with patch_dropout=0."
-            )
+            raise ValueError(PATCH_DROP_MESSAGE)
 
     def embed_dim(self, trunk):
         return int(trunk.transformer.width)
 
     def patch_size(self, trunk):
-        return _square(trunk.patch_size, "patch size")
+        return square_size(trunk.patch_size, "patch size")
 
     def grid_size(self, trunk):
         return tuple(int(s) for s in trunk.grid_size)
@@ -89,31 +88,5 @@ class OpenCLIPViTAdapter(TrunkAdapter):
                 for k, v in state_dict.items()
                 if k.startswith(_VISUAL_PREFIX)
             }
-        out = dict(state_dict)
-        kernel = out.get("conv1.weight")
-        if kernel is not None and tuple(kernel.shape[-2:]) != tuple(trunk.conv1.kernel_size):
-            out["conv1.weight"] = resample_patch_embed(
-                kernel.float(), list(trunk.conv1.kernel_size), verbose=True
-            )
-        pos_embed = out.get("positional_embedding")
-        if pos_embed is not None and pos_embed.shape != trunk.positional_embedding.shape:
-            out["positional_embedding"] = _resample_pos_embed(pos_embed, self.grid_size(trunk))
-        return out
+        return dict(state_dict)
 
-
-def _resample_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """Resample a square-grid [1 + n * n, C] position embedding to [1 + grid[0] * grid[1], C]."""
-    side = math.isqrt(pos_embed.shape[0] - 1)
-    if pos_embed.ndim != 2 or side * side != pos_embed.shape[0] - 1:
-        raise ValueError(
-            f"positional_embedding of shape {tuple(pos_embed.shape)} is not [1 + n * n, C]; "
-            "cannot resample it to the trunk's grid."
-        )
-    resampled = resample_abs_pos_embed(
-        pos_embed.float().unsqueeze(0),
-        new_size=list(grid),
-        old_size=[side, side],
-        num_prefix_tokens=1,
-        verbose=True,
-    )
-    return resampled.squeeze(0)

@@ -2,8 +2,8 @@
 models wrap this class as ``visual.trunk``)."""
 from timm.models import eva
 
-from .timm_vit import _PATCH_DROP_MSG, TimmViTAdapter, _check_dynamic
-from .trunk_adapter import register_trunk_adapter
+from .timm_vit import TimmViTAdapter, require_dynamic_img_size
+from .trunk_adapter import PATCH_DROP_MESSAGE, register_trunk_adapter
 
 __all__ = ["TimmEvaAdapter"]
 
@@ -22,16 +22,17 @@ class TimmEvaAdapter(TimmViTAdapter):
     family = "timm EVA"
 
     def check_trunk(self, trunk):
-        _check_dynamic(trunk)
+        require_dynamic_img_size(trunk)
         if trunk.patch_drop is not None:
-            raise ValueError(_PATCH_DROP_MSG)
+            raise ValueError(PATCH_DROP_MESSAGE)
         if trunk.rope_mixed:
             raise ValueError("Eva trunks with per-block ('mixed') RoPE are not supported.")
 
     def embed(self, trunk, x):
         x = trunk.patch_embed(x)  # [B, h, w, C] (dynamic size)
-        x, rope = trunk._pos_embed(x)  # [B, N, C], rotary embeddings of this grid (or None)
-        return trunk.norm_pre(x), {"rope": rope}
+        grid = tuple(x.shape[1:3])
+        rope = trunk.rope.get_embed(shape=grid) if trunk.rope is not None else None
+        return trunk.norm_pre(self.add_pos_embed(trunk, x)), {"rope": rope}
 
     def run_block(self, block, x, rope=None):
         return block(x, rope=rope)

@@ -1,10 +1,16 @@
 """Adapter for timm's ``VisionTransformerSAM``: the image encoder of Segment Anything."""
-from timm.layers import resample_abs_pos_embed_nhwc, resample_patch_embed
+from functools import partial
+
+from timm.layers import resample_abs_pos_embed_nhwc
 from timm.models import vision_transformer_sam
 from torch import nn
 
-from .timm_vit import _PATCH_DROP_MSG, TimmViTAdapter
-from .trunk_adapter import register_trunk_adapter
+from .timm_vit import TimmViTAdapter
+from .trunk_adapter import PATCH_DROP_MESSAGE, register_trunk_adapter
+
+# SAM's image encoder normalizes with LayerNorm(eps=1e-6) (segment_anything's build_sam); timm's
+# VisionTransformerSAM defaults to nn.LayerNorm's 1e-5.
+SAM_NORM_EPS = 1e-6
 
 __all__ = ["TimmSAMAdapter"]
 
@@ -26,15 +32,16 @@ class TimmSAMAdapter(TimmViTAdapter):
 
     def check_trunk(self, trunk):
         if not isinstance(trunk.patch_drop, nn.Identity):
-            raise ValueError(_PATCH_DROP_MSG)
+            raise ValueError(PATCH_DROP_MESSAGE)
 
     def timm_create_kwargs(self, native_trunk, depth):
-        native_depth = len(native_trunk.blocks)
-        if depth == native_depth:
-            return {}
+        kwargs = {"norm_layer": partial(nn.LayerNorm, eps=SAM_NORM_EPS)}
+        if depth == len(native_trunk.blocks):
+            return kwargs
         # Keep SAM's pattern of four global-attention blocks at the end of each quarter
         # (2/5/8/11 for 12 blocks, 5/11/17/23 for 24) when the depth is shrunk.
-        return {"global_attn_indexes": sorted({max(0, (k + 1) * depth // 4 - 1) for k in range(4)})}
+        kwargs["global_attn_indexes"] = sorted({max(0, (k + 1) * depth // 4 - 1) for k in range(4)})
+        return kwargs
 
     def num_prefix_tokens(self, trunk):
         return 0
@@ -52,21 +59,6 @@ class TimmSAMAdapter(TimmViTAdapter):
         return block(x.view(batch, grid[0], grid[1], channels)).reshape(batch, -1, channels)
 
     def convert_checkpoint(self, state_dict, trunk):
-        out = vision_transformer_sam.checkpoint_filter_fn(state_dict, trunk)
-        # timm's SAM filter only renames; resample like the other families do.
-        kernel = out.get("patch_embed.proj.weight")
-        target = trunk.patch_embed.proj.weight
-        if kernel is not None and kernel.shape[-2:] != target.shape[-2:]:
-            out["patch_embed.proj.weight"] = resample_patch_embed(
-                kernel.float(), list(target.shape[-2:]), verbose=True
-            )
-        pos_embed = out.get("pos_embed")
-        if (
-            pos_embed is not None
-            and trunk.pos_embed is not None
-            and pos_embed.shape[1:3] != trunk.pos_embed.shape[1:3]
-        ):
-            out["pos_embed"] = resample_abs_pos_embed_nhwc(
-                pos_embed.float(), list(trunk.pos_embed.shape[1:3]), verbose=True
-            )
-        return out
+        # timm's SAM filter only renames (original "image_encoder.*" keys); the kernel and the
+        # position grid were converted before (conversion.convert_embeddings).
+        return vision_transformer_sam.checkpoint_filter_fn(state_dict, trunk)

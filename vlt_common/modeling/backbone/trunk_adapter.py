@@ -13,9 +13,22 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["TrunkAdapter", "register_trunk_adapter", "get_trunk_adapter"]
+__all__ = [
+    "TrunkAdapter",
+    "register_trunk_adapter",
+    "get_trunk_adapter",
+    "square_size",
+    "PATCH_DROP_MESSAGE",
+    "prepare_trunk",
+]
 
 _ADAPTERS: List["TrunkAdapter"] = []
+
+#: The error of :meth:`TrunkAdapter.check_trunk` for a trunk built with patch dropout.
+PATCH_DROP_MESSAGE = (
+    "The trunk was built with patch dropout, which drops tokens of the dense feature maps; "
+    "build it without (timm: patch_drop_rate=0, open_clip: patch_dropout=0)."
+)
 
 
 class TrunkAdapter:
@@ -58,6 +71,20 @@ class TrunkAdapter:
         """
         raise NotImplementedError
 
+    def timm_create_kwargs(self, native_trunk: nn.Module, depth: int) -> Dict:
+        """
+        Extra keyword arguments for ``timm.create_model`` (timm families only; the builder calls
+        this for every timm trunk).
+
+        Args:
+            native_trunk (nn.Module): the architecture at its defaults (on the meta device).
+            depth (int): the number of blocks the trunk is built with.
+
+        Returns:
+            dict
+        """
+        return {}
+
     def strip_head(self, trunk: nn.Module, keep: Sequence[str] = ()) -> None:
         """
         Remove the modules listed in :attr:`head_names` from ``trunk`` (in place; idempotent), so
@@ -90,7 +117,7 @@ class TrunkAdapter:
 
     def patch_size(self, trunk: nn.Module) -> int:
         """Returns: the (square) patch size in pixels."""
-        return _square(trunk.patch_embed.patch_size, "patch size")
+        return square_size(trunk.patch_embed.patch_size, "patch size")
 
     def grid_size(self, trunk: nn.Module) -> Tuple[int, int]:
         """Returns: the grid (rows, columns) of the trunk's stored position embeddings."""
@@ -174,9 +201,17 @@ class TrunkAdapter:
             return 0
         return num_layers + 1
 
-    def is_head_key(self, key: str) -> bool:
-        """Returns: whether a converted checkpoint key belongs to a module of :attr:`head_names`."""
-        return _matches(key, self.head_names)
+    def is_head_key(self, key: str, keep: Sequence[str] = ()) -> bool:
+        """
+        Args:
+            key (str): a converted checkpoint key.
+            keep (sequence[str]): head modules that stay (the :attr:`clip_head_names` with the
+                CLIP projection).
+
+        Returns:
+            bool: whether ``key`` belongs to a module of :attr:`head_names` not in ``keep``.
+        """
+        return _matches(key, self.head_names) and not _matches(key, keep)
 
     def convert_checkpoint(
         self, state_dict: Dict[str, torch.Tensor], trunk: nn.Module
@@ -197,11 +232,41 @@ class TrunkAdapter:
         raise NotImplementedError
 
 
+def prepare_trunk(trunk: nn.Module, clip_head: bool = False) -> TrunkAdapter:
+    """
+    Make a trunk ready for :class:`CLIPViTBackbone`: remove its pooling head
+    (:meth:`TrunkAdapter.strip_head`) and check how it was built (:meth:`TrunkAdapter.check_trunk`).
+    The backbone calls this once, on whatever trunk it is given.
+
+    Args:
+        trunk (nn.Module): a vision tower with a registered adapter.
+        clip_head (bool): keep the final norm and CLIP projection (:attr:`clip_head_names`).
+
+    Returns:
+        TrunkAdapter: the trunk's adapter.
+    """
+    adapter = get_trunk_adapter(trunk)
+    adapter.strip_head(trunk, keep=adapter.clip_head_names if clip_head else ())
+    adapter.check_trunk(trunk)
+    return adapter
+
+
 def _matches(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _square(size, what: str) -> int:
+def square_size(size, what: str) -> int:
+    """
+    Args:
+        size (int or tuple[int, int]): a size as timm / open_clip store it.
+        what (str): what the size is, for the error message.
+
+    Returns:
+        int: the side of a square size.
+
+    Raises:
+        ValueError: the size is not square.
+    """
     if isinstance(size, int):
         return size
     if size[0] != size[1]:

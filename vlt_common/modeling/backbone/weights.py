@@ -9,9 +9,11 @@ Supported files (detected from their content, not their names):
   ``"state_dict"``, ``"model"`` or ``"module"`` and with DDP's ``module.`` prefix;
 - ``.safetensors`` files (open_clip and timm on the Hugging Face hub).
 
-The trunk's :class:`~.trunk_adapter.TrunkAdapter` maps the keys to the trunk's names and resamples
-patch kernels and position embeddings; this module reads the file, checks shapes and reports what
-did not load.
+:func:`~.conversion.convert_embeddings` converts the patch kernel and the position embeddings to
+the trunk's shapes (in float32), the trunk's :class:`~.trunk_adapter.TrunkAdapter` maps the keys
+to the trunk's names; this module reads the file, checks shapes and reports what did not load.
+Unreadable files raise errors that name the file and say what is wrong with it (a directory, a
+truncated safetensors file or zip archive: usually an incomplete download).
 """
 import json
 import logging
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 from tabulate import tabulate
 from torch import nn
 
+from .conversion import convert_embeddings
 from .trunk_adapter import get_trunk_adapter
 
-__all__ = ["TrunkLoadReport", "read_checkpoint", "load_trunk_state_dict", "load_trunk_weights"]
+__all__ = ["TrunkLoadReport", "read_checkpoint", "load_trunk_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ logger = logging.getLogger(__name__)
 _STATE_DICT_WRAPPERS = ("state_dict", "model", "module")
 # Rows of the missing / unexpected table shown before it is cut.
 _MAX_TABLE_ROWS = 40
+# The first bytes of a zip archive (torch.save, TorchScript) and the hint for a broken file.
+_ZIP_MAGIC = b"PK\x03\x04"
+_INCOMPLETE_HINT = "the file looks truncated: is the download complete? Download it again"
 
 
 @dataclass
@@ -64,30 +71,30 @@ def read_checkpoint(path: str, *, expected: str = "") -> Tuple[Dict[str, torch.T
         ``"torch"``.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: the file holds no state dict.
+        FileNotFoundError: nothing exists at ``path``.
+        IsADirectoryError: ``path`` is a directory.
+        ValueError: the file is truncated, in no supported format or holds no state dict.
     """
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"Pre-trained weights path '{path}' is a directory, not a checkpoint file"
+            + (f"; expected {expected}." if expected else ".")
+        )
     if not os.path.isfile(path):
         hint = f"; expected {expected} there" if expected else ""
         raise FileNotFoundError(f"Pre-trained weights not found at '{path}'{hint}.")
     if _is_torchscript(path):
         # OpenAI's CLIP releases are TorchScript archives; only their weights are used.
         state_dict, fmt = torch.jit.load(path, map_location="cpu").state_dict(), "torchscript"
-    elif _is_safetensors(path):
-        state_dict, fmt = load_safetensors(path, device="cpu"), "safetensors"
-    else:
-        error = None if _is_torch_save(path) else "neither a zip archive nor a pickle"
-        if error is None:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-                error = f"{type(e).__name__}: {e}"
-        if error is not None:
+    elif _safetensors_header(path) is not None:
+        try:
+            state_dict, fmt = load_safetensors(path, device="cpu"), "safetensors"
+        except SafetensorError as e:
             raise ValueError(
-                f"Cannot read '{path}' as a checkpoint ({error}). Expected a TorchScript archive, "
-                "a safetensors file or a torch.save'd state dict of tensors."
-            )
-        state_dict, fmt = _find_state_dict(obj, path), "torch"
+                f"Cannot read the safetensors file '{path}' ({e}); {_INCOMPLETE_HINT}."
+            ) from e
+    else:
+        state_dict, fmt = _find_state_dict(_torch_load(path), path), "torch"
     if state_dict and all(k.startswith("module.") for k in state_dict):
         state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
     return dict(state_dict), fmt
@@ -101,30 +108,47 @@ def _is_torchscript(path: str) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _is_torch_save(path: str) -> bool:
-    # torch.save writes a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts with 0x80).
-    if zipfile.is_zipfile(path):
-        return True
+def _torch_load(path: str):
+    """``torch.load`` of a torch.save'd file, with errors that name the file."""
     with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
+        head = f.read(9)
+    error = None
+    if head.startswith(_ZIP_MAGIC) and not zipfile.is_zipfile(path):
+        error = f"a zip archive without its central directory; {_INCOMPLETE_HINT}"
+    elif head[8:9] == b"{" and not head.startswith(_ZIP_MAGIC):
+        # An 8-byte header length, then "{": a safetensors file cut inside its header.
+        error = f"a safetensors file shorter than its header says; {_INCOMPLETE_HINT}"
+    elif not head.startswith(_ZIP_MAGIC) and head[:1] != b"\x80":
+        # torch.save writes a zip archive (torch >= 1.6) or a pickle (protocol 2+ starts 0x80).
+        error = "neither a zip archive nor a pickle"
+    if error is None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except EOFError as e:
+            error = f"EOFError: {e}; {_INCOMPLETE_HINT}"
+        except (pickle.UnpicklingError, RuntimeError) as e:
+            error = f"{type(e).__name__}: {e}"
+    raise ValueError(
+        f"Cannot read '{path}' as a checkpoint ({error}). Expected a TorchScript archive, "
+        "a safetensors file or a torch.save'd state dict of tensors."
+    )
 
 
-def _is_safetensors(path: str) -> bool:
-    # Format: an 8-byte little-endian header length, then a JSON header.
+def _safetensors_header(path: str):
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON), or None."""
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) < 9 or head[8:9] != b"{":
-        return False
+        return None
     (header_len,) = struct.unpack("<Q", head[:8])
     if header_len > os.path.getsize(path) - 8:
-        return False
+        return None
     with open(path, "rb") as f:
         f.seek(8)
         try:
-            json.loads(f.read(header_len))
+            return json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return False
-    return True
+            return None
 
 
 def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
@@ -143,19 +167,32 @@ def _find_state_dict(obj, path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_trunk_state_dict(
-    trunk: nn.Module, state_dict: Dict[str, torch.Tensor], *, source: str = "checkpoint"
+    trunk: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+    patch_resample: str = "pinv",
+    clip_head: bool = False,
 ) -> TrunkLoadReport:
     """
     Load a checkpoint's tensors into a trunk.
 
-    Keys are converted by the trunk's adapter (which also resamples the patch kernel and the
-    position embeddings). Keys of the pooling / projection head are skipped, missing and unexpected
-    keys are logged as a table, and any shape mismatch is an error.
+    The patch kernel and the position embeddings are first converted to the trunk's patch size
+    and grid in float32 (:func:`~.conversion.convert_embeddings`), then the keys are converted by
+    the trunk's adapter. Keys of the pooling / projection head are skipped (the trunk may still
+    hold the head: it is removed when the backbone is built) except, with ``clip_head``, the
+    final norm and CLIP projection (the adapter's ``clip_head_names``), which load like the
+    blocks; missing and unexpected keys are logged as a table, and any shape mismatch is an
+    error.
 
     Args:
         trunk (nn.Module): a vision tower with a registered adapter.
         state_dict (dict[str, Tensor]): as returned by :func:`read_checkpoint`.
         source (str): name of the file, for messages.
+        patch_resample (str): how a patch kernel of another size is converted, "pinv" or
+            "interpolate" (MODEL.VLT_BACKBONE.PATCH_RESAMPLE).
+        clip_head (bool): also load the CLIP projection and final norm
+            (MODEL.VLT_BACKBONE.CLIP_HEAD).
 
     Returns:
         TrunkLoadReport
@@ -164,14 +201,17 @@ def load_trunk_state_dict(
         ValueError: a tensor's shape differs from the trunk's, or no tensor matches the trunk.
     """
     adapter = get_trunk_adapter(trunk)
+    state_dict = convert_embeddings(state_dict, trunk, adapter.grid_size(trunk), patch_resample)
     converted = adapter.convert_checkpoint(state_dict, trunk)
-    model_state = trunk.state_dict()
+    kept = adapter.clip_head_names if clip_head else ()
+    model_state = {
+        k: v for k, v in trunk.state_dict().items() if not adapter.is_head_key(k, kept)
+    }
     report = TrunkLoadReport()
     to_load = {}
     mismatched = []
     for key, value in converted.items():
-        if adapter.is_head_key(key) and key not in model_state:
-            # stripped; a kept CLIP projection (clip_head_names) loads like the blocks
+        if adapter.is_head_key(key, kept):
             report.skipped_head.append(key)
         elif key not in model_state:
             report.unexpected.append(key)
@@ -224,18 +264,3 @@ def _log_incompatible(report, model_state, converted, source):
         cut,
     )
 
-
-def load_trunk_weights(trunk: nn.Module, path: str, *, expected: str = "") -> TrunkLoadReport:
-    """
-    :func:`read_checkpoint` then :func:`load_trunk_state_dict`.
-
-    Args:
-        trunk (nn.Module):
-        path (str): local checkpoint file.
-        expected (str): what should be at ``path``, for the error message if it is missing.
-
-    Returns:
-        TrunkLoadReport
-    """
-    state_dict, _ = read_checkpoint(path, expected=expected)
-    return load_trunk_state_dict(trunk, state_dict, source=path)
