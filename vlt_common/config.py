@@ -106,3 +106,7 @@ def add_vlt_common_config(cfg):
     cfg.TEST.DG.SOURCE_DATASET = ""
     # Prediction overlays written per test domain (0 disables them).
     cfg.TEST.DG.NUM_VIS = 4
+    # Test datasets evaluated at half their label resolution: labels resized to (H // 2, W // 2)
+    # with nearest neighbours, predictions bilinearly. Official Rein evaluates Mapillary so
+    # (its "half" validation set; the Rein configs list "mapillary_val"); empty: full resolution.
+    cfg.TEST.DG.HALF_RESOLUTION_DATASETS = []

@@ -1,13 +1,18 @@
 """The Rein study configs follow official Rein's recipe (w1oves/Rein,
 configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py): tapped blocks, neck, query linking,
-training resize, optimizer and test protocol; and the short-edge resize on hand-computed sizes."""
+training resize, optimizer and test protocol; the short-edge resize on hand-computed sizes and the
+half-resolution evaluation of Mapillary."""
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
+from PIL import Image
 
 from vlt_common.engine.defaults import get_vlt_cfg
+from vlt_common.evaluation import build_evaluator
 from vltseg.data.dataset_mapper import build_semantic_augmentations
 from vltseg.data.transforms import short_edge_choice_resize
 
@@ -50,6 +55,7 @@ def test_study_configs_follow_the_official_rein_recipe(name):
     sw = cfg.TEST.SLIDING_WINDOW
     assert sw.ENABLED and tuple(sw.CROP_SIZE) == (512, 512) and tuple(sw.STRIDE) == (341, 341)
     assert tuple(cfg.INPUT.RESIZE_TEST) == (1024, 512)
+    assert list(cfg.TEST.DG.HALF_RESOLUTION_DATASETS) == ["mapillary_val"]
 
 
 def test_rein_config_augmentations():
@@ -106,3 +112,42 @@ def test_unknown_resize_type_is_an_error():
     cfg.INPUT.RESIZE_TRAIN_TYPE = "random"
     with pytest.raises(ValueError, match="INPUT.RESIZE_TRAIN_TYPE"):
         build_semantic_augmentations(cfg, True)
+
+
+def test_half_resolution_evaluation_as_official_mapillary(tmp_path):
+    name = "rein_recipe_half_res"
+    MetadataCatalog.get(name).set(
+        stuff_classes=["a", "b", "c", "d"], ignore_label=255, evaluator_type="dg_sem_seg"
+    )
+    gt = np.array(
+        [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [3, 3, 255, 255, 1, 1], [3, 3, 255, 255, 1, 1]],
+        dtype=np.uint8,
+    )
+    pred = np.array(
+        [[0, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0], [3, 3, 2, 2, 1, 1], [3, 3, 2, 2, 1, 1]]
+    )
+    label = str(tmp_path / "label.png")
+    image = str(tmp_path / "image.png")
+    Image.fromarray(gt).save(label)
+    Image.fromarray(np.zeros((4, 6, 3), dtype=np.uint8)).save(image)
+    scores = torch.nn.functional.one_hot(torch.as_tensor(pred), 4).permute(2, 0, 1).float()
+
+    cfg = get_vlt_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.TEST.DG.NUM_VIS = 0
+    cfg.TEST.DG.HALF_RESOLUTION_DATASETS = [name]
+    evaluator = build_evaluator(cfg, name)
+    evaluator.reset()
+    evaluator.process([{"file_name": image, "sem_seg_file_name": label}], [{"sem_seg": scores}])
+    # Labels: nearest to 2x3 = pixels (1, 3, 5) of rows 1 and 3: [[0, 1, 2], [3, 255, 1]].
+    # Scores: bilinear x0.5 = the mean of each 2x2 block: classes [[0, 1, 0], [3, 2, 1]].
+    expected = np.zeros((4, 4), dtype=np.int64)
+    for g, p in [(0, 0), (1, 1), (2, 0), (3, 3), (1, 1)]:
+        expected[g, p] += 1
+    np.testing.assert_array_equal(evaluator._conf, expected)
+    # at full resolution the same prediction counts all 20 labelled pixels
+    cfg.TEST.DG.HALF_RESOLUTION_DATASETS = []
+    full = build_evaluator(cfg, name)
+    full.reset()
+    full.process([{"file_name": image, "sem_seg_file_name": label}], [{"sem_seg": scores}])
+    assert full._conf.sum() == 20
