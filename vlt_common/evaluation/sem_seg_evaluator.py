@@ -5,7 +5,6 @@ import os
 from collections import OrderedDict
 
 import numpy as np
-import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
