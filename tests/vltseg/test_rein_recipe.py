@@ -9,7 +9,9 @@ import pytest
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.modeling import build_backbone
 from PIL import Image
+from torch.nn import functional as F
 
 from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.evaluation import build_evaluator
@@ -151,3 +153,29 @@ def test_half_resolution_evaluation_as_official_mapillary(tmp_path):
     full.reset()
     full.process([{"file_name": image, "sem_seg_file_name": label}], [{"sem_seg": scores}])
     assert full._conf.sum() == 20
+
+
+def test_rein_config_backbone_taps_blocks_7_11_15_23():
+    cfg = _load("vltseg_rein-dinov2-l14_gta5_40k.yaml")
+    cfg.MODEL.VLT_BACKBONE.ARCH = "ViT-B-16"  # an open_clip trunk of the same depth, tiny width
+    cfg.MODEL.VLT_BACKBONE.PRETRAINED = ""
+    cfg.MODEL.VLT_BACKBONE.EMBED_DIM, cfg.MODEL.VLT_BACKBONE.NUM_HEADS = 32, 2
+    cfg.MODEL.VLT_BACKBONE.DEPTH = 24
+    backbone = build_backbone(cfg)
+    with torch.no_grad():
+        backbone.rein.scale.zero_()  # Rein passes the tokens through unchanged
+    blocks = backbone.trunk.transformer.resblocks
+    taken = {}
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda m, args, out, i=i: taken.__setitem__(i, out))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = backbone(x)
+
+    def grid(i):  # block i's patch tokens as a [1, C, 4, 6] map
+        return taken[i][:, 1:].transpose(1, 2).reshape(1, 32, 4, 6)
+
+    torch.testing.assert_close(out["res4"], grid(15), rtol=0, atol=0)
+    for name, block, scale in (("res2", 7, 4.0), ("res3", 11, 2.0), ("res5", 23, 0.5)):
+        expected = F.interpolate(grid(block), scale_factor=scale, mode="bilinear")
+        torch.testing.assert_close(out[name], expected, rtol=0, atol=0)
