@@ -84,9 +84,9 @@ def run_overrides(mode, backbone, max_iter, warmup_fraction):
         opts += ["MODEL.VLT_BACKBONE.ARCH", backbone[0], "MODEL.VLT_BACKBONE.PRETRAINED", backbone[1]]
     if mode == "frozen_warmup":
         opts += ["SOLVER.FROZEN_BACKBONE_ITERS", str(max(1, int(max_iter * warmup_fraction)))]
-    if mode == "rein":
-        # Rein's parameters live under the backbone: they learn at the head's rate (paper recipe).
-        opts += ["SOLVER.BACKBONE_MULTIPLIER", "1.0"]
+    # Rein's tokens give the queries in Rein mode (official Rein); the other modes have none.
+    # (Rein's parameters train at the head's lr: the backbone declares them as adapters.)
+    opts += ["MODEL.VLTSEG.REIN.LINK_QUERIES", str(mode == "rein")]
     return opts
 
 

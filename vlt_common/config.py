@@ -46,6 +46,12 @@ def add_vlt_common_config(cfg):
     cfg.MODEL.VLT_BACKBONE.OUT_INDICES = []
     # Names of the maps to return (a subset of res2..res5, or ["last_feat"] for "single").
     cfg.MODEL.VLT_BACKBONE.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # How "multiscale" mode rescales the four patch-stride maps to strides p/4, p/2, p, 2p:
+    #   "learnable": ViTDet's paths (transposed convolutions for x4 / x2, max-pooling for x0.5;
+    #                12.6M parameters at width 1024), VLTSeg's choice;
+    #   "interpolate": bilinear interpolation by x4, x2, x1, x0.5 with no parameters, as official
+    #                Rein does (its frozen and Rein configs; the Rein configs here set it).
+    cfg.MODEL.VLT_BACKBONE.NECK = "learnable"
     # Patch size the model runs at. 16 resamples the patch-embedding kernel of patch-14 models
     # (ViT-L/14, EVA02-L/14, DINOv2) to 16x16, as Rein and EVA-02 detection do, so that strides
     # are exactly 4/8/16/32. 0 keeps the pre-trained patch size (strides then scale by p/16).
@@ -84,13 +90,9 @@ def add_vlt_common_config(cfg):
     cfg.MODEL.VLT_BACKBONE.REIN.NUM_TOKENS = 100
     # Rank of the low-rank token factorization T = A B (r in the paper).
     cfg.MODEL.VLT_BACKBONE.REIN.RANK = 16
-    # Initial value of the learnable scale applied to the refinement.
+    # Initial value of the learnable scale applied to the refinement (official: 1e-3).
     cfg.MODEL.VLT_BACKBONE.REIN.SCALE_INIT = 1e-3
-    # Feed the linked tokens to Mask2Former as the query positional embeddings
-    # (requires NUM_TOKENS == MODEL.MASK_FORMER.NUM_OBJECT_QUERIES).
-    cfg.MODEL.VLT_BACKBONE.REIN.LINK_QUERIES = True
-    # Also use the linked tokens as the initial query features.
-    cfg.MODEL.VLT_BACKBONE.REIN.LINK_QUERY_FEATURES = False
+    # (Linking Rein's tokens to the decoder queries is VLTSeg's: MODEL.VLTSEG.REIN.*.)
 
     # ---------------------------------------------------------------------------------------------
     # Solver (vlt_common.solver); Detectron2's SOLVER keys keep their meaning.
@@ -118,3 +120,7 @@ def add_vlt_common_config(cfg):
     cfg.TEST.DG.SOURCE_DATASET = ""
     # Prediction overlays written per test domain (0 disables them).
     cfg.TEST.DG.NUM_VIS = 4
+    # Test datasets evaluated at half their label resolution: labels resized to (H // 2, W // 2)
+    # with nearest neighbours, predictions bilinearly. Official Rein evaluates Mapillary so
+    # (its "half" validation set; the Rein configs list "mapillary_val"); empty: full resolution.
+    cfg.TEST.DG.HALF_RESOLUTION_DATASETS = []

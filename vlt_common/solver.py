@@ -101,13 +101,20 @@ def _backbone_lr_scale_fn(
     model: nn.Module, backbone_multiplier: float, layer_decay: float
 ) -> Callable[[str], float]:
     """
-    Returns a function mapping a full parameter name to its lr factor: 1 for the head; for
-    "backbone.*" either ``backbone_multiplier`` or ``layer_decay ** (num_layers + 1 - layer_id)``.
+    Returns a function mapping a full parameter name to its lr factor: 1 for the head and for the
+    adapters the backbone lists in ``adapter_parameter_names()`` (Rein); for other "backbone.*"
+    either ``backbone_multiplier`` or ``layer_decay ** (num_layers + 1 - layer_id)``.
     """
-    if layer_decay == 1.0:
-        return lambda name: backbone_multiplier if name.startswith("backbone.") else 1.0
-
     backbone = getattr(model, "backbone", None)
+    declare = getattr(backbone, "adapter_parameter_names", None)
+    adapters = {"backbone." + n for n in declare()} if callable(declare) else set()
+    if layer_decay == 1.0:
+        return lambda name: (
+            backbone_multiplier
+            if name.startswith("backbone.") and name not in adapters
+            else 1.0
+        )
+
     if not (callable(getattr(backbone, "layer_id", None)) and hasattr(backbone, "num_layers")):
         raise ValueError(
             f"SOLVER.LAYER_DECAY={layer_decay} < 1 needs model.backbone to provide "
@@ -118,7 +125,7 @@ def _backbone_lr_scale_fn(
     num_layers = int(backbone.num_layers)
 
     def scale(name: str) -> float:
-        if not name.startswith("backbone."):
+        if not name.startswith("backbone.") or name in adapters:
             return 1.0
         layer = backbone.layer_id(name[len("backbone.") :])
         if not 0 <= layer <= num_layers + 1:
@@ -149,8 +156,9 @@ def get_param_groups(
     ``layer_decay == 1``, otherwise ``base_lr * layer_decay ** (num_layers + 1 - layer_id)`` with
     ``layer_id = model.backbone.layer_id(name relative to the backbone)`` (0: embeddings,
     i + 1: block i, num_layers + 1: what follows the blocks, full lr); every other parameter
-    gets ``base_lr``. Note that in Rein mode Rein lives under the backbone, so its configs set
-    the multiplier to 1.
+    gets ``base_lr``, and so do the adapters the backbone declares through
+    ``adapter_parameter_names()`` (names relative to the backbone; Rein's parameters, which
+    official Rein trains at the base lr).
 
     weight decay, first rule that applies: a decay a module declares for its own parameters
     (``weight_decay_overrides()``, local name -> decay); parameters of normalization layers (by

@@ -1,5 +1,6 @@
 """Every fine-tuning mode of MODEL.VLT_BACKBONE.FINETUNE trains the tiny VLTSeg on SynthDG through
-VLTTrainer: the loss falls, and the trunk changes exactly when the mode lets it."""
+VLTTrainer: the loss falls, the trunk changes exactly when the mode lets it, and a wholly frozen
+trunk ("frozen", "rein") stays in eval mode through training, as in official Rein."""
 import json
 import os
 import pathlib
@@ -34,6 +35,11 @@ def _train(mode, output_dir):
         "MODEL.DEVICE", "cpu",
         "MODEL.VLT_BACKBONE.FINETUNE", mode,
         "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS", 24,  # = MASK_FORMER.NUM_OBJECT_QUERIES (linking)
+        "MODEL.VLTSEG.REIN.LINK_QUERIES", mode == "rein",
+        # Linked query features (the official default) start nearly equal for all queries (Rein's
+        # tokens are small), so the tiny model needs far more than 40 steps to separate them.
+        "MODEL.VLTSEG.REIN.LINK_QUERY_FEATURES", False,
+        "MODEL.VLT_BACKBONE.DROP_PATH_RATE", 0.1,
         "SOLVER.FROZEN_BACKBONE_ITERS", WARMUP,
         "DATASETS.TRAIN", (f"{PREFIX}_source_train",),
         "DATASETS.TEST", (),
@@ -71,3 +77,8 @@ def test_mode_trains_with_falling_loss(mode, synthdg, tmp_path):
     assert trunk_changed == (mode in ("full", "frozen_warmup"))
     rein = trainer.model.backbone.rein
     assert (rein is not None) == (mode == "rein")
+    assert (trainer.model.query_linker is not None) == (mode == "rein")
+    # the trainer put the model in training mode; a wholly frozen trunk stayed in eval mode
+    assert trainer.model.training
+    trunk_training = {m.training for m in trainer.model.backbone.trunk.modules()}
+    assert trunk_training == ({False} if mode in ("frozen", "rein") else {True})

@@ -1,10 +1,18 @@
-"""Rein: the equations on a hand-computed case, prefix tokens, initialization, gradients, size."""
+"""Rein: the equations on a hand-computed case, prefix tokens, initialization, gradients, size;
+inside the backbone: the official interpolation neck, the eval-mode frozen trunk, the tokens and
+the adapters' learning rate."""
 import math
 
 import pytest
 import torch
+from detectron2.config import get_cfg
+from torch import nn
+from torch.nn import functional as F
 
+from vlt_common.config import add_vlt_common_config
+from vlt_common.modeling.backbone import CLIPViTBackbone, MultiScaleNeck
 from vlt_common.modeling.backbone.rein import Rein
+from vlt_common.solver import get_param_groups
 
 
 def _set_small_case(rein):
@@ -131,3 +139,135 @@ def test_bad_arguments():
         Rein(num_layers=2, embed_dim=8, num_tokens=1)
     with pytest.raises(ValueError, match="embed_dim"):
         Rein(num_layers=2, embed_dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rein inside CLIPViTBackbone: official neck, eval-mode trunk, tokens and adapter learning rates
+# ---------------------------------------------------------------------------------------------
+def _backbone(finetune="rein", neck="interpolate", **keys):
+    cfg = get_cfg()
+    add_vlt_common_config(cfg)
+    bcfg = cfg.MODEL.VLT_BACKBONE
+    bcfg.ARCH, bcfg.EMBED_DIM, bcfg.DEPTH, bcfg.NUM_HEADS = "ViT-B-16", 64, 2, 2
+    bcfg.FINETUNE, bcfg.NECK = finetune, neck
+    for key, value in keys.items():
+        setattr(bcfg, key, value)
+    return CLIPViTBackbone(cfg)
+
+
+def _trainable(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def test_interpolate_neck_matches_bilinear_resizing():
+    scales = {"res2": 4.0, "res3": 2.0, "res4": 1.0, "res5": 0.5}
+    neck = MultiScaleNeck(channels=3, scales=scales, mode="interpolate")
+    assert list(neck.parameters()) == []
+    maps = {name: torch.randn(2, 3, 6, 10) for name in scales}
+    out = neck(maps)
+    for name, s in scales.items():
+        if s == 1.0:
+            assert out[name] is maps[name]
+            continue
+        expected = F.interpolate(maps[name], scale_factor=s, mode="bilinear", align_corners=False)
+        assert out[name].shape[-2:] == (int(6 * s), int(10 * s))
+        torch.testing.assert_close(out[name], expected, rtol=0, atol=0)
+    # hand-computed x0.5 with align_corners=False: the mean of each 2x2 block
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    half = neck.levels["res5"](x)
+    torch.testing.assert_close(half, torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+
+
+def test_learnable_neck_is_the_12_6m_that_interpolation_drops():
+    scales = {"res2": 4.0, "res3": 2.0, "res4": 1.0, "res5": 0.5}
+    learnable = MultiScaleNeck(channels=1024, scales=scales)
+    # three 2x2 transposed convolutions (1024 -> 1024, with bias) and one LayerNorm
+    assert _trainable(learnable) == 3 * (1024 * 1024 * 4 + 1024) + 2 * 1024 == 12_588_032
+    with pytest.raises(ValueError, match="MODEL.VLT_BACKBONE.NECK"):
+        MultiScaleNeck(channels=4, scales=scales, mode="bicubic")
+
+
+def test_trainable_parameters_of_rein_and_frozen_modes_with_the_official_neck():
+    rein = _backbone("rein")
+    assert _trainable(rein) == Rein.num_parameters_formula(2, 64, 100, 16)
+    assert _trainable(_backbone("frozen")) == 0
+    with_neck = _backbone("rein", neck="learnable")
+    assert _trainable(with_neck) == _trainable(rein) + _trainable(with_neck.neck) > _trainable(rein)
+    # the maps are the interpolated patch-stride maps
+    x = torch.randn(1, 3, 64, 96)
+    out = rein(x)
+    res4 = out["res4"]
+    assert res4.shape == (1, 64, 4, 6)
+    assert out["res2"].shape == (1, 64, 16, 24) and out["res5"].shape == (1, 64, 2, 3)
+
+
+def test_default_neck_is_vltseg_learnable():
+    cfg = get_cfg()
+    add_vlt_common_config(cfg)
+    assert cfg.MODEL.VLT_BACKBONE.NECK == "learnable"
+
+
+@pytest.mark.parametrize("finetune", ["rein", "frozen"])
+def test_frozen_trunk_stays_in_eval_mode(finetune):
+    backbone = _backbone(finetune, DROP_PATH_RATE=0.5)
+    wrapper = nn.Sequential(backbone)
+    for mode in (True, False, True):
+        wrapper.train(mode)
+        assert backbone.training is mode
+        assert not any(m.training for m in backbone.trunk.modules())
+        if backbone.rein is not None:
+            assert backbone.rein.training is mode
+    # drop path (0.5 in block 1, which feeds res5) is off: two training passes agree
+    x = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(backbone(x)["res5"], backbone(x)["res5"], rtol=0, atol=0)
+
+
+def test_trainable_trunk_follows_train_mode():
+    full = _backbone("full", DROP_PATH_RATE=0.5)
+    warmup = _backbone("frozen_warmup")
+    for backbone in (full, warmup):
+        backbone.train()
+        assert all(m.training for m in backbone.trunk.modules())
+        backbone.eval()
+        assert not any(m.training for m in backbone.trunk.modules())
+    full.train()
+    x = torch.randn(8, 3, 32, 32)
+    assert not torch.equal(full(x)["res5"], full(x)["res5"])
+
+
+def test_backbone_layer_tokens_and_adapter_names():
+    rein = _backbone("rein")
+    torch.testing.assert_close(rein.layer_tokens(), rein.rein.layer_tokens())
+    assert rein.layer_tokens().requires_grad
+    names = {n for n, _ in rein.named_parameters() if n.startswith("rein.")}
+    assert rein.adapter_parameter_names() == names and len(names) == 7
+    frozen = _backbone("frozen")
+    assert frozen.layer_tokens() is None and frozen.adapter_parameter_names() == set()
+
+
+@pytest.mark.parametrize("layer_decay", [1.0, 0.5])
+def test_rein_trains_at_the_head_lr(layer_decay):
+    model = nn.Module()
+    model.backbone = _backbone("rein", neck="learnable")
+    model.head = nn.Linear(4, 4)
+    groups = get_param_groups(
+        model,
+        base_lr=1.0,
+        weight_decay=0.05,
+        weight_decay_norm=0.0,
+        weight_decay_bias=None,
+        weight_decay_embed=0.0,
+        backbone_multiplier=0.1,
+        layer_decay=layer_decay,
+    )
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    neck_lr = 0.1 if layer_decay == 1.0 else 1.0  # layer id num_layers + 1: full lr
+    for name, param in named.items():
+        if name.startswith("backbone.trunk."):
+            assert id(param) not in lr, name  # frozen
+        elif name.startswith("backbone.rein.") or name.startswith("head."):
+            assert lr[id(param)] == 1.0, name
+        else:
+            assert name.startswith("backbone.neck.") and lr[id(param)] == neck_lr, name
+    assert sum(name.startswith("backbone.rein.") for name in named) == 7

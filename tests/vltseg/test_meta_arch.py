@@ -172,8 +172,8 @@ def test_train_rein_with_query_linking(link_features):
     cfg = tiny_cfg(
         **{
             "MODEL.VLT_BACKBONE.FINETUNE": "rein",
-            "MODEL.VLT_BACKBONE.REIN.LINK_QUERIES": True,
-            "MODEL.VLT_BACKBONE.REIN.LINK_QUERY_FEATURES": link_features,
+            "MODEL.VLTSEG.REIN.LINK_QUERIES": True,
+            "MODEL.VLTSEG.REIN.LINK_QUERY_FEATURES": link_features,
         }
     )
     model = build_model(cfg)
@@ -190,7 +190,9 @@ def test_train_rein_with_query_linking(link_features):
 
 
 def test_query_linking_changes_the_queries():
-    cfg = tiny_cfg(**{"MODEL.VLT_BACKBONE.FINETUNE": "rein"})
+    cfg = tiny_cfg(
+        **{"MODEL.VLT_BACKBONE.FINETUNE": "rein", "MODEL.VLTSEG.REIN.LINK_QUERIES": True}
+    )
     model = build_model(cfg).eval()
     inputs = batch(sizes=((64, 96),))
     with torch.no_grad():
@@ -202,7 +204,7 @@ def test_query_linking_changes_the_queries():
 
 def test_rein_without_linking():
     cfg = tiny_cfg(
-        **{"MODEL.VLT_BACKBONE.FINETUNE": "rein", "MODEL.VLT_BACKBONE.REIN.LINK_QUERIES": False}
+        **{"MODEL.VLT_BACKBONE.FINETUNE": "rein", "MODEL.VLTSEG.REIN.LINK_QUERIES": False}
     )
     model = build_model(cfg)
     assert model.query_linker is None
@@ -336,9 +338,19 @@ def test_class_names_and_errors():
 
 def test_rein_token_query_mismatch_is_an_error():
     cfg = tiny_cfg(
-        **{"MODEL.VLT_BACKBONE.FINETUNE": "rein", "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS": 5}
+        **{
+            "MODEL.VLT_BACKBONE.FINETUNE": "rein",
+            "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS": 5,
+            "MODEL.VLTSEG.REIN.LINK_QUERIES": True,
+        }
     )
     with pytest.raises(ValueError, match="NUM_TOKENS=5 must equal"):
+        build_model(cfg)
+
+
+def test_query_linking_outside_rein_mode_is_an_error():
+    cfg = tiny_cfg(**{"MODEL.VLTSEG.REIN.LINK_QUERIES": True})
+    with pytest.raises(ValueError, match="FINETUNE to 'rein'"):
         build_model(cfg)
 
 

@@ -28,6 +28,7 @@ def _tiny(cfg):
     cfg.MODEL.VLT_BACKBONE.EMBED_DIM = 64
     cfg.MODEL.VLT_BACKBONE.DEPTH = 2
     cfg.MODEL.VLT_BACKBONE.NUM_HEADS = 2
+    cfg.MODEL.VLT_BACKBONE.OUT_INDICES = []  # the Rein configs' 24-block taps do not fit 2 blocks
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_PRETRAINED = ""
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_WIDTH = 64
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_LAYERS = 1

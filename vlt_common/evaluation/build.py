@@ -21,9 +21,14 @@ A registered object is named after the ``evaluator_type`` it serves, is called a
 
 @EVALUATOR_REGISTRY.register()
 def dg_sem_seg(cfg, dataset_name, output_folder):
-    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays."""
+    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays, at half resolution for the
+    datasets in ``TEST.DG.HALF_RESOLUTION_DATASETS``."""
     return DGSemSegEvaluator(
-        dataset_name, output_dir=output_folder, num_vis=cfg.TEST.DG.NUM_VIS, distributed=True
+        dataset_name,
+        output_dir=output_folder,
+        num_vis=cfg.TEST.DG.NUM_VIS,
+        distributed=True,
+        half_resolution=dataset_name in cfg.TEST.DG.HALF_RESOLUTION_DATASETS,
     )
 
 

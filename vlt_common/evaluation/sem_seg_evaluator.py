@@ -8,6 +8,8 @@ import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
+from PIL import Image
+from torch.nn import functional as F
 
 from vlt_common.data.conversion import write_json, write_png
 from vlt_common.data.io import read_image, read_sem_seg
@@ -56,6 +58,12 @@ def reduce_confusion_matrices(matrices):
     if len(shapes) != 1:
         raise ValueError(f"confusion matrices from different ranks have different shapes {shapes}")
     return np.sum(np.stack(matrices), axis=0)
+
+
+def _half(array: np.ndarray, resample) -> np.ndarray:
+    """Resize an HxW(xC) uint8 array to (H // 2, W // 2) with PIL's ``resample`` filter."""
+    height, width = array.shape[:2]
+    return np.asarray(Image.fromarray(array).resize((width // 2, height // 2), resample=resample))
 
 
 def sem_seg_metrics(conf, class_names):
@@ -107,15 +115,23 @@ class DGSemSegEvaluator(DatasetEvaluator):
 
     The dataset's metadata must have ``stuff_classes`` and ``ignore_label``; overlays use
     ``stuff_colors`` when present.
+
+    ``half_resolution`` evaluates at half the label resolution, as official Rein evaluates
+    Mapillary (its ``tools/convert_datasets/mapillary_resize.py``): the labels are resized to
+    (H // 2, W // 2) with nearest neighbours, the predicted scores bilinearly to the same size.
     """
 
-    def __init__(self, dataset_name, *, output_dir=None, num_vis=4, distributed=True):
+    def __init__(
+        self, dataset_name, *, output_dir=None, num_vis=4, distributed=True, half_resolution=False
+    ):
         """
         Args:
             dataset_name (str): a registered dataset with semantic labels.
             output_dir (str or None): where results and overlays go; None writes nothing.
             num_vis (int): overlays to write (0 disables them).
             distributed (bool): sum the confusion matrices of all ranks in ``evaluate``.
+            half_resolution (bool): evaluate at half the label resolution (see the class
+                docstring; TEST.DG.HALF_RESOLUTION_DATASETS).
         """
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("stuff_classes", "ignore_label") if not hasattr(meta, k)]
@@ -136,6 +152,7 @@ class DGSemSegEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._num_vis = num_vis
         self._distributed = distributed
+        self._half_resolution = half_resolution
         self.reset()
 
     @property
@@ -160,14 +177,19 @@ class DGSemSegEvaluator(DatasetEvaluator):
                     f"prediction for {inp['file_name']} has shape {tuple(scores.shape)}; "
                     f"expected [{self.num_classes}, H, W] scores for dataset {self._dataset_name!r}"
                 )
-            pred = scores.argmax(dim=0).cpu().numpy()
             gt = read_sem_seg(
                 inp["sem_seg_file_name"],
                 self.num_classes,
                 self._ignore_label,
-                expected_hw=pred.shape,
+                expected_hw=tuple(scores.shape[-2:]),
                 image_file=inp["file_name"],
             )
+            if self._half_resolution:
+                gt = _half(gt, Image.NEAREST)
+                scores = F.interpolate(
+                    scores[None].float(), size=gt.shape, mode="bilinear", align_corners=False
+                )[0]
+            pred = scores.argmax(dim=0).cpu().numpy()
             self._conf += confusion_matrix(gt, pred, self.num_classes, self._ignore_label)
             if self._output_dir and self._num_written < self._num_vis and comm.is_main_process():
                 self._write_overlay(inp["file_name"], pred, gt)
@@ -175,6 +197,8 @@ class DGSemSegEvaluator(DatasetEvaluator):
 
     def _write_overlay(self, file_name, pred, gt):
         image = read_image(file_name, "RGB")
+        if self._half_resolution:
+            image = _half(image, Image.BICUBIC)
         if image.shape[:2] != pred.shape:
             raise ValueError(
                 f"image {file_name} has size {image.shape[:2]} but its prediction {pred.shape}; "

@@ -134,6 +134,18 @@ def add_vltseg_config(cfg):
     # solver takes it from the head (weight_decay_overrides) instead of SOLVER.WEIGHT_DECAY.
     cfg.MODEL.VLTSEG.TEXT_HEAD.WEIGHT_DECAY = 1e-4
 
+    # Rein query linking (vltseg.modeling.query_linking): Rein's per-layer tokens
+    # (MODEL.VLT_BACKBONE.FINETUNE "rein") give the decoder's queries, as in official Rein.
+    cfg.MODEL.VLTSEG.REIN = CN()
+    # Derive the query positional embeddings from the Rein tokens (official Rein:
+    # link_token_to_query=True; the Rein configs set it). Needs a backbone with Rein tokens, i.e.
+    # FINETUNE "rein" (an error otherwise), and MODEL.VLT_BACKBONE.REIN.NUM_TOKENS ==
+    # MODEL.MASK_FORMER.NUM_OBJECT_QUERIES. Off by default: no other mode has tokens to link.
+    cfg.MODEL.VLTSEG.REIN.LINK_QUERIES = False
+    # With LINK_QUERIES: also derive the initial query features from the linked queries through
+    # one more linear map (official Rein: replace_query_feat=True in every config).
+    cfg.MODEL.VLTSEG.REIN.LINK_QUERY_FEATURES = True
+
     # ---------------------------------------------------------------------------------------------
     # Semantic-segmentation mapper (training augmentation)
     # ---------------------------------------------------------------------------------------------
@@ -144,6 +156,14 @@ def add_vltseg_config(cfg):
     cfg.INPUT.RESIZE_TRAIN = (0, 0)
     # Random rescaling range, as factors of the resized image.
     cfg.INPUT.SCALE_RANGE_TRAIN = (0.5, 2.0)
+    # How training images are resized before the crop:
+    #   "scale": fit into RESIZE_TRAIN (when set) times a factor drawn from SCALE_RANGE_TRAIN
+    #            (VLTSeg's GTA5 recipe, mmseg's Resize with ratio_range);
+    #   "short_edge_choice": official Rein's RandomChoiceResize(ResizeShortestEdge): the short
+    #            edge is set to one of INPUT.MIN_SIZE_TRAIN (pixels, drawn uniformly; Rein:
+    #            256, 307, ..., 1024) with the long edge capped at INPUT.MAX_SIZE_TRAIN (Rein:
+    #            2048) (Detectron2's keys); RESIZE_TRAIN and SCALE_RANGE_TRAIN are not used.
+    cfg.INPUT.RESIZE_TRAIN_TYPE = "scale"
     # Photometric distortion (brightness, contrast, saturation, hue; mmseg's PhotoMetricDistortion).
     cfg.INPUT.COLOR_AUG_SSD = True
     # Crop: detectron2's INPUT.CROP keys; TYPE "absolute" with SIZE (h, w).

@@ -27,8 +27,8 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
 
 from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
+from .modeling.query_linking import QueryLinker, build_query_linker
 from .modeling.text_head import DenseCLIPTextHead
-from .query_linking import QueryLinker, build_query_linker
 
 __all__ = ["VLTSeg", "semantic_inference", "class_names_from_config"]
 
@@ -118,7 +118,8 @@ class VLTSeg(nn.Module):
             ignore_value (int): label value without supervision.
             text_head (DenseCLIPTextHead or None): pixel-text matching head (adds "loss_ptm");
                 needs a backbone with ``clip_embeddings()`` (``clip_head`` True).
-            query_linker (QueryLinker or None): derive the queries from ``backbone.rein``.
+            query_linker (QueryLinker or None): derive the queries from
+                ``backbone.layer_tokens()`` (Rein's tokens).
             sliding_window (SlidingWindow or None): sliding-window inference; None = whole image.
             tta_scales (sequence[float]): test-time-augmentation scales (empty: no TTA).
             tta_flip (bool): add horizontally flipped views to the TTA.
@@ -131,8 +132,8 @@ class VLTSeg(nn.Module):
         self.ignore_value = ignore_value
         self.text_head = text_head
         self.query_linker = query_linker
-        if query_linker is not None and getattr(backbone, "rein", None) is None:
-            raise ValueError("a query linker needs a backbone with a Rein module (backbone.rein)")
+        if query_linker is not None and not callable(getattr(backbone, "layer_tokens", None)):
+            raise ValueError("a query linker needs a backbone with Rein tokens (layer_tokens())")
         self.sliding_window = sliding_window
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
@@ -232,7 +233,7 @@ class VLTSeg(nn.Module):
     def _decode(self, features: Dict[str, torch.Tensor]) -> dict:
         if self.query_linker is None:
             return self.sem_seg_head(features)
-        query_embed, query_feat = self.query_linker(self.backbone.rein.layer_tokens())
+        query_embed, query_feat = self.query_linker(self.backbone.layer_tokens())
         return self.sem_seg_head(features, query_embed=query_embed, query_feat=query_feat)
 
     def prepare_targets(self, sem_seg: torch.Tensor) -> List[Dict[str, torch.Tensor]]:

@@ -3,7 +3,7 @@
 supervised ViT trunk built by open_clip or timm.
 """
 import logging
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -82,6 +82,7 @@ class CLIPViTBackbone(Backbone):
         rein: Optional[nn.Module] = None,
         neck_norm: str = "LN",
         clip_head: bool = False,
+        neck_mode: str = "learnable",
     ):
         """
         Args:
@@ -98,7 +99,9 @@ class CLIPViTBackbone(Backbone):
             grad_checkpoint (bool): recompute each block in backward (training only).
             rein (nn.Module or None): a Rein module, called as ``rein(tokens, i,
                 num_prefix_tokens)`` after block i.
-            neck_norm (str): norm inside the 4x path of the neck.
+            neck_norm (str): norm inside the 4x path of the learnable neck.
+            neck_mode (str): "learnable" (ViTDet paths) or "interpolate" (Rein's bilinear
+                resizing, no parameters); see :class:`MultiScaleNeck`.
             clip_head (bool): keep the tower's final norm and CLIP projection (trainable) and
                 run every block, for :meth:`clip_embeddings` (DenseCLIP's pixel embeddings).
         """
@@ -129,7 +132,9 @@ class CLIPViTBackbone(Backbone):
             self._out_features = [f for f in names if f in out_features]
             self._tap_blocks = {f: out_indices[names.index(f)] for f in self._out_features}
             scales = {f: _LEVEL_SCALES[f] for f in self._out_features}
-            self.neck = MultiScaleNeck(channels=self.embed_dim, scales=scales, norm=neck_norm)
+            self.neck = MultiScaleNeck(
+                channels=self.embed_dim, scales=scales, norm=neck_norm, mode=neck_mode
+            )
             strides = {f: self.patch_size / s for f, s in scales.items()}
             self._size_divisibility = 2 * self.patch_size
         elif output == "single":
@@ -165,6 +170,10 @@ class CLIPViTBackbone(Backbone):
                 self.num_layers - 1,
             )
         self._trainable_trunk_names = self._freeze(freeze_blocks)
+        # A wholly frozen trunk runs in eval mode (dropout / drop path off), as official Rein's
+        # set_train and FrozenBackboneEncoderDecoder do; see train().
+        self._trunk_eval = freeze_blocks == -1
+        self.train(self.training)
 
     def _check_out_indices(self, out_indices):
         ok = len(out_indices) == len(_LEVEL_SCALES) and all(
@@ -245,6 +254,7 @@ class CLIPViTBackbone(Backbone):
             "grad_checkpoint": bcfg.GRAD_CHECKPOINT,
             "rein": rein,
             "clip_head": bcfg.CLIP_HEAD,
+            "neck_mode": bcfg.NECK,
         }
 
     # ----------------------------------------------------------------------------------------------
@@ -302,6 +312,23 @@ class CLIPViTBackbone(Backbone):
         if self.neck is None:
             return maps
         return self.neck(maps)
+
+    def train(self, mode: bool = True) -> "CLIPViTBackbone":
+        """
+        Set the training mode like ``nn.Module.train``, except that a wholly frozen trunk
+        (FREEZE_BLOCKS -1, i.e. the "frozen" and "rein" modes) stays in eval mode, so its dropout
+        and drop path are off as in official Rein; the neck and Rein follow ``mode``.
+
+        Args:
+            mode (bool):
+
+        Returns:
+            CLIPViTBackbone: self.
+        """
+        super().train(mode)
+        if self._trunk_eval:
+            self.trunk.eval()
+        return self
 
     def _to_map(self, tokens: torch.Tensor, grid) -> torch.Tensor:
         # [B, P + h * w, C] -> [B, C, h, w]
@@ -364,6 +391,29 @@ class CLIPViTBackbone(Backbone):
         params = dict(self.trunk.named_parameters())
         for name in self._trainable_trunk_names:
             params[name].requires_grad_(flag)
+
+    def layer_tokens(self) -> Optional[torch.Tensor]:
+        """
+        The adapter tokens that VLTSeg links to its queries (Rein's ``T_i`` of every block).
+
+        Returns:
+            Tensor or None: [num_layers, m, C] with gradient, or None when the backbone has no
+            Rein module (FINETUNE other than "rein").
+        """
+        return None if self.rein is None else self.rein.layer_tokens()
+
+    def adapter_parameter_names(self) -> Set[str]:
+        """
+        Parameters of adapters that train at the head's learning rate, whatever
+        SOLVER.BACKBONE_MULTIPLIER or SOLVER.LAYER_DECAY say (official Rein trains them at the
+        base lr); read by :func:`vlt_common.solver.get_param_groups`.
+
+        Returns:
+            set[str]: names relative to this module (e.g. "rein.tokens_a"); empty without Rein.
+        """
+        if self.rein is None:
+            return set()
+        return {f"rein.{name}" for name, _ in self.rein.named_parameters()}
 
 
 @BACKBONE_REGISTRY.register()

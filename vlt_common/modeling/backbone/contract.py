@@ -15,7 +15,7 @@ these members (structural typing: :class:`CLIPViTBackbone` and VLTDet's
 
 The classes are ``typing.Protocol``\\ s checkable with ``isinstance``; they hold no code.
 """
-from typing import List, Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, Set, runtime_checkable
 
 import torch
 
@@ -58,7 +58,7 @@ class VLTBackbone(Protocol):
 class ReinTokenSource(Protocol):
     """Optional: the Rein tokens that ``VLTSeg`` links to the decoder queries."""
 
-    def rein_layer_tokens(self) -> Optional[torch.Tensor]:
+    def layer_tokens(self) -> Optional[torch.Tensor]:
         """
         Returns:
             Tensor or None: Rein's tokens of every layer, [num_layers, m, C]; None when the
@@ -71,10 +71,10 @@ class ReinTokenSource(Protocol):
 class AdapterParameters(Protocol):
     """Optional: which backbone parameters are adapters that train at the heads' lr."""
 
-    def adapter_parameter_names(self) -> List[str]:
+    def adapter_parameter_names(self) -> Set[str]:
         """
         Returns:
-            list[str]: names relative to the backbone of the parameters that the solver puts at
+            set[str]: names relative to the backbone of the parameters that the solver puts at
             the base learning rate (no backbone multiplier, no layer decay).
         """
         ...

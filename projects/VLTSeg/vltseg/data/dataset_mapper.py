@@ -22,20 +22,25 @@ from detectron2.data import transforms as T
 from vlt_common.data.io import read_image, read_sem_seg
 from vlt_common.data.mapper_registry import DATASET_MAPPER_REGISTRY
 
-from .transforms import PhotometricDistortion, RandomRescale
+from .transforms import PhotometricDistortion, RandomRescale, short_edge_choice_resize
 
 __all__ = ["SemanticDGDatasetMapper", "build_semantic_augmentations", "semantic_dg"]
 
 logger = logging.getLogger(__name__)
+
+# INPUT.RESIZE_TRAIN_TYPE values.
+RESIZE_TRAIN_TYPES = ("scale", "short_edge_choice")
 
 
 def build_semantic_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     """
     The augmentation list of the ``"semantic_dg"`` mapper.
 
-    Keys read: INPUT.RESIZE_TRAIN, INPUT.SCALE_RANGE_TRAIN, INPUT.CROP.{ENABLED, TYPE, SIZE,
-    SINGLE_CATEGORY_MAX_AREA}, INPUT.RANDOM_FLIP, INPUT.COLOR_AUG_SSD, INPUT.FORMAT,
-    MODEL.SEM_SEG_HEAD.IGNORE_VALUE (training); INPUT.RESIZE_TEST (inference).
+    Keys read: INPUT.RESIZE_TRAIN_TYPE, INPUT.RESIZE_TRAIN, INPUT.SCALE_RANGE_TRAIN (type
+    "scale"), INPUT.MIN_SIZE_TRAIN, INPUT.MAX_SIZE_TRAIN (type "short_edge_choice"),
+    INPUT.CROP.{ENABLED, TYPE, SIZE, SINGLE_CATEGORY_MAX_AREA}, INPUT.RANDOM_FLIP,
+    INPUT.COLOR_AUG_SSD, INPUT.FORMAT, MODEL.SEM_SEG_HEAD.IGNORE_VALUE (training);
+    INPUT.RESIZE_TEST (inference).
 
     Args:
         cfg (CfgNode):
@@ -51,7 +56,14 @@ def build_semantic_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
     augs = []
     min_scale, max_scale = cfg.INPUT.SCALE_RANGE_TRAIN
     width, height = cfg.INPUT.RESIZE_TRAIN
-    if width > 0 and height > 0:
+    resize_type = cfg.INPUT.RESIZE_TRAIN_TYPE
+    if resize_type not in RESIZE_TRAIN_TYPES:
+        raise ValueError(
+            f"INPUT.RESIZE_TRAIN_TYPE must be one of {RESIZE_TRAIN_TYPES}, got {resize_type!r}"
+        )
+    if resize_type == "short_edge_choice":
+        augs.append(short_edge_choice_resize(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN))
+    elif width > 0 and height > 0:
         # Fit into (height, width) times a random factor, keeping the aspect ratio: mmseg's
         # Resize(img_scale=(width, height), ratio_range=(min, max), keep_ratio=True).
         augs.append(T.ResizeScale(min_scale, max_scale, height, width))

@@ -1,18 +1,25 @@
 """Augmentations of the semantic-segmentation training pipeline that Detectron2 does not ship.
 
 - :class:`RandomRescale`: resize by a random factor of the image's own size.
+- :func:`short_edge_choice_resize`: official Rein's training resize (mmseg's
+  ``RandomChoiceResize`` over ``ResizeShortestEdge``), a short edge drawn from a list.
 - :class:`PhotometricDistortion`: mmsegmentation's ``PhotoMetricDistortion`` (random brightness,
   contrast, saturation and hue) as a Detectron2 :class:`~detectron2.data.transforms.Augmentation`
   that returns a deterministic :class:`PhotometricDistortionTransform`.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import Transform
 from PIL import Image
 
-__all__ = ["RandomRescale", "PhotometricDistortion", "PhotometricDistortionTransform"]
+__all__ = [
+    "RandomRescale",
+    "short_edge_choice_resize",
+    "PhotometricDistortion",
+    "PhotometricDistortionTransform",
+]
 
 
 class RandomRescale(T.Augmentation):
@@ -37,6 +44,38 @@ class RandomRescale(T.Augmentation):
         scale = np.random.uniform(self.min_scale, self.max_scale)
         new_h, new_w = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
         return T.ResizeTransform(h, w, new_h, new_w, Image.BILINEAR)
+
+
+def short_edge_choice_resize(short_edges: Sequence[int], max_size: int) -> T.Augmentation:
+    """
+    Official Rein's training resize: mmseg's ``RandomChoiceResize(scales=short_edges,
+    resize_type="ResizeShortestEdge", max_size=max_size)``. One short-edge length is drawn
+    uniformly from ``short_edges``; the image is scaled (aspect ratio kept) so that its short edge
+    has that length, and scaled down further if its long edge would exceed ``max_size``; sizes
+    round half up. Detectron2's :class:`~detectron2.data.transforms.ResizeShortestEdge` with
+    ``sample_style="choice"`` computes exactly this size, so it is returned (bilinear images,
+    nearest labels).
+
+    Args:
+        short_edges (sequence[int]): candidate short-edge lengths in pixels (Rein:
+            ``int(512 * x * 0.1) for x in 5..20``, i.e. 256, 307, ..., 1024).
+        max_size (int): cap of the long edge in pixels (Rein: 2048).
+
+    Returns:
+        Augmentation
+    """
+    edges = [int(e) for e in short_edges]
+    if not edges or any(e <= 0 or e != s for e, s in zip(edges, short_edges)):
+        raise ValueError(
+            f"INPUT.MIN_SIZE_TRAIN must list positive integer short-edge lengths, got "
+            f"{list(short_edges)}"
+        )
+    if max_size < max(edges):
+        raise ValueError(
+            f"INPUT.MAX_SIZE_TRAIN ({max_size}) must be at least the largest short edge "
+            f"({max(edges)})"
+        )
+    return T.ResizeShortestEdge(edges, max_size, sample_style="choice")
 
 
 class PhotometricDistortionTransform(Transform):

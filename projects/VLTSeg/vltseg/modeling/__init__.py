@@ -13,6 +13,7 @@ from .ms_deform_attn import MSDeformAttn, ms_deform_attn
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, MSDeformAttnPixelDecoder, build_pixel_decoder
 from .point_sampling import point_sample, uncertain_point_coords_with_randomness
 from .position_encoding import PositionEmbeddingSine
+from .query_linking import QueryLinker, build_query_linker
 from .transformer_decoder import (
     TRANSFORMER_DECODER_REGISTRY,
     MultiScaleMaskedTransformerDecoder,
@@ -35,4 +36,6 @@ __all__ = [
     "build_criterion",
     "point_sample",
     "uncertain_point_coords_with_randomness",
+    "QueryLinker",
+    "build_query_linker",
 ]

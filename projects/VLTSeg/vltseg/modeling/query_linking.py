@@ -4,8 +4,9 @@ arXiv 2312.04265, Sec. 3.3).
 Rein learns tokens ``T_i [m, c]`` for every backbone layer ``i``. They are projected per layer,
 ``Q_i = T_i W_Q + b_Q``, and merged into one set of ``m`` queries,
 ``Q = [max_i Q_i, mean_i Q_i, Q_N] W'_Q + b'_Q``, which replace the decoder's learned query
-positional embeddings (and, optionally, through one more linear map, its initial query features),
-so every query is tied to one Rein token.
+positional embeddings and, through one more linear map, its initial query features (official Rein's
+``querys2feat`` with ``replace_query_feat=True``, ``query_feat = querys2feat(Q)``), so every query
+is tied to one Rein token.
 """
 import logging
 from typing import Optional, Tuple
@@ -28,12 +29,13 @@ class QueryLinker(nn.Module):
     unchanged. ``query_feat_proj`` is Rein's ``querys2feat``.
     """
 
-    def __init__(self, *, token_dim: int, query_dim: int, link_query_features: bool = False):
+    def __init__(self, *, token_dim: int, query_dim: int, link_query_features: bool = True):
         """
         Args:
             token_dim (int): channels c of Rein's tokens (the backbone width).
             query_dim (int): width of the decoder queries (MODEL.MASK_FORMER.HIDDEN_DIM).
-            link_query_features (bool): also derive the initial query features from the tokens.
+            link_query_features (bool): also derive the initial query features from the linked
+                queries, ``query_feat_proj(query_embed)`` (official Rein: on).
         """
         super().__init__()
         self.transform = nn.Linear(token_dim, query_dim)
@@ -62,37 +64,50 @@ class QueryLinker(nn.Module):
 
 def build_query_linker(cfg, backbone: nn.Module) -> Optional[QueryLinker]:
     """
-    Build the linker when the backbone carries Rein (``backbone.rein`` is set, i.e.
-    ``MODEL.VLT_BACKBONE.FINETUNE == "rein"``) and ``MODEL.VLT_BACKBONE.REIN.LINK_QUERIES`` is on.
+    Build the linker when ``MODEL.VLTSEG.REIN.LINK_QUERIES`` is on. The tokens come from the
+    backbone's ``layer_tokens()`` (the VLT backbone contract: Rein's tokens [num_layers, m, C],
+    or None without Rein).
 
-    Keys read: MODEL.VLT_BACKBONE.REIN.{LINK_QUERIES, LINK_QUERY_FEATURES, NUM_TOKENS},
-    MODEL.MASK_FORMER.{NUM_OBJECT_QUERIES, HIDDEN_DIM}.
+    Keys read: MODEL.VLTSEG.REIN.{LINK_QUERIES, LINK_QUERY_FEATURES},
+    MODEL.MASK_FORMER.{NUM_OBJECT_QUERIES, HIDDEN_DIM} (MODEL.VLT_BACKBONE.REIN.NUM_TOKENS and
+    FINETUNE are named in the errors).
 
     Args:
         cfg (CfgNode):
-        backbone (nn.Module): the built backbone (any Detectron2 backbone; one without a ``rein``
-            attribute gets no linker).
+        backbone (nn.Module): the built backbone.
 
     Returns:
-        QueryLinker or None
+        QueryLinker or None: None when LINK_QUERIES is off.
+
+    Raises:
+        ValueError: LINK_QUERIES is on but the backbone has no Rein tokens, or their number
+            differs from the number of queries.
     """
-    rein_cfg = cfg.MODEL.VLT_BACKBONE.REIN
-    if getattr(backbone, "rein", None) is None or not rein_cfg.LINK_QUERIES:
+    link_cfg = cfg.MODEL.VLTSEG.REIN
+    if not link_cfg.LINK_QUERIES:
         return None
-    num_queries = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
-    if rein_cfg.NUM_TOKENS != num_queries:
+    get_tokens = getattr(backbone, "layer_tokens", None)
+    tokens = get_tokens() if callable(get_tokens) else None
+    if tokens is None:
         raise ValueError(
-            f"MODEL.VLT_BACKBONE.REIN.LINK_QUERIES needs one Rein token per query: "
-            f"MODEL.VLT_BACKBONE.REIN.NUM_TOKENS={rein_cfg.NUM_TOKENS} must equal "
+            "MODEL.VLTSEG.REIN.LINK_QUERIES links Rein's tokens to the queries, but the backbone "
+            f"{type(backbone).__name__} has none: set MODEL.VLT_BACKBONE.FINETUNE to 'rein' or "
+            "MODEL.VLTSEG.REIN.LINK_QUERIES to False."
+        )
+    num_queries = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    if tokens.dim() != 3 or tokens.shape[1] != num_queries:
+        raise ValueError(
+            f"MODEL.VLTSEG.REIN.LINK_QUERIES needs one Rein token per query: "
+            f"MODEL.VLT_BACKBONE.REIN.NUM_TOKENS={tokens.shape[1]} must equal "
             f"MODEL.MASK_FORMER.NUM_OBJECT_QUERIES={num_queries} (or turn LINK_QUERIES off)"
         )
     logger.info(
         "Linking %d Rein tokens to the decoder queries%s",
         num_queries,
-        " (positional embeddings and features)" if rein_cfg.LINK_QUERY_FEATURES else "",
+        " (positional embeddings and features)" if link_cfg.LINK_QUERY_FEATURES else "",
     )
     return QueryLinker(
-        token_dim=backbone.embed_dim,
+        token_dim=tokens.shape[-1],
         query_dim=cfg.MODEL.MASK_FORMER.HIDDEN_DIM,
-        link_query_features=rein_cfg.LINK_QUERY_FEATURES,
+        link_query_features=link_cfg.LINK_QUERY_FEATURES,
     )
