@@ -1,85 +1,74 @@
-"""Official Mask2Former checkpoints (semantic models, ``sem_seg_head.*`` keys) load into our head
-through Detectron2's DetectionCheckpointer, as model-zoo ``.pkl`` or as ``.pth``, with every key
-landing and identical outputs."""
+"""Parity with official Mask2Former (semantic head, criterion, matcher) on stored golden tensors.
+
+``tests/golden/mask2former_tiny.pt`` holds the state dict of a tiny official model (official key
+names: ``sem_seg_head.*``, ``criterion.empty_weight``), its inputs, its outputs and its losses and
+matches, written by ``tests/golden/make_mask2former_golden.py`` from the official code (see that
+script to regenerate it). Here the official weights go into VLT's head through Detectron2's
+DetectionCheckpointer, as a user loads a model-zoo ``.pkl`` or a ``.pth``, and VLT must reproduce
+the official numbers. The official code is not needed to run these tests.
+"""
+import os
 import pickle
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 from torch import nn
 
+from vlt_common.config import add_vlt_common_config
+from vltseg.config import add_vltseg_config
 from vltseg.modeling import build_criterion
 
-from .test_pixel_decoder import features, input_shape, tiny_cfg
-
-ENC_LAYERS, DEC_LAYERS, LEVELS = 2, 3, 3
-
-
-def official_keys():
-    """Every key of an official Mask2Former semantic-segmentation checkpoint for tiny_cfg()
-    (2 encoder layers, 3 decoder layers, encoder on res3-res5, FPN on res2, GN, conv_dim ==
-    hidden_dim so the decoder has no input projection), criterion buffer included."""
-    wb = ("weight", "bias")
-    pd = "sem_seg_head.pixel_decoder."
-    keys = [f"{pd}adapter_1.weight", f"{pd}adapter_1.norm.weight", f"{pd}adapter_1.norm.bias"]
-    keys += [f"{pd}layer_1.weight", f"{pd}layer_1.norm.weight", f"{pd}layer_1.norm.bias"]
-    keys += [f"{pd}input_proj.{i}.{j}.{p}" for i in range(LEVELS) for j in (0, 1) for p in wb]
-    keys += [f"{pd}mask_features.{p}" for p in wb]
-    keys += [f"{pd}transformer.level_embed"]
-    for i in range(ENC_LAYERS):
-        layer = f"{pd}transformer.encoder.layers.{i}."
-        for m in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
-            keys += [f"{layer}self_attn.{m}.{p}" for p in wb]
-        keys += [f"{layer}{m}.{p}" for m in ("norm1", "linear1", "linear2", "norm2") for p in wb]
-    pr = "sem_seg_head.predictor."
-    attn = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
-    for i in range(DEC_LAYERS):
-        sa = f"{pr}transformer_self_attention_layers.{i}."
-        ca = f"{pr}transformer_cross_attention_layers.{i}."
-        ffn = f"{pr}transformer_ffn_layers.{i}."
-        keys += [f"{sa}self_attn.{a}" for a in attn] + [f"{sa}norm.{p}" for p in wb]
-        keys += [f"{ca}multihead_attn.{a}" for a in attn] + [f"{ca}norm.{p}" for p in wb]
-        keys += [f"{ffn}{m}.{p}" for m in ("linear1", "linear2", "norm") for p in wb]
-    keys += [f"{pr}decoder_norm.{p}" for p in wb]
-    keys += [f"{pr}query_feat.weight", f"{pr}query_embed.weight", f"{pr}level_embed.weight"]
-    keys += [f"{pr}class_embed.{p}" for p in wb]
-    keys += [f"{pr}mask_embed.layers.{i}.{p}" for i in range(3) for p in wb]
-    keys += ["criterion.empty_weight"]
-    return keys
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "mask2former_tiny.pt")
+# Outputs: the same float32 computation in another order (e.g. VLT's own deformable-attention
+# sampling), so equal up to rounding: measured at most 1.7e-6 on values up to 4, while moving a
+# single sampling-offset weight of the encoder by 1e-3 moves mask_features by 5.7e-5.
+OUTPUT_ATOL = 1e-5
+# Losses computed from the official predictions: same points, same matches, so only the
+# summation order may differ.
+LOSS_ATOL = 1e-6
 
 
-class _Mask2FormerLike(nn.Module):
-    """The part of official ``MaskFormer`` that holds the head's weights: ``sem_seg_head`` and
-    ``criterion`` (VLTSeg's meta-architecture uses the same attribute names)."""
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(GOLDEN, weights_only=True)
 
-    def __init__(self, seed):
+
+def _cfg(golden):
+    cfg = get_cfg()
+    add_vlt_common_config(cfg)
+    add_vltseg_config(cfg)
+    for key, value in golden["config"].items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"{GOLDEN}: config key {key} is not a VLTSeg config key")
+        node[leaf] = type(node[leaf])(value)
+    return cfg
+
+
+class _HeadAndCriterion(nn.Module):
+    """The part of a Mask2Former model that an official checkpoint fills besides the backbone:
+    ``sem_seg_head`` and ``criterion`` (VLTSeg's meta-architecture uses these names)."""
+
+    def __init__(self, golden, seed):
         super().__init__()
         torch.manual_seed(seed)
-        cfg = tiny_cfg()
-        self.sem_seg_head = build_sem_seg_head(cfg, input_shape())
+        cfg = _cfg(golden)
+        shapes = {
+            k: ShapeSpec(channels=golden["channels"][k], stride=golden["strides"][k])
+            for k in golden["channels"]
+        }
+        self.sem_seg_head = build_sem_seg_head(cfg, shapes)
         self.criterion = build_criterion(cfg)
 
 
-def _official_state(model):
-    """Perturb the initialization (zero-initialized weights, unit norms) so that a key landing
-    in the wrong place cannot go unnoticed, and return the state dict."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.state_dict()
-
-
-def test_our_keys_are_the_official_keys():
-    model = _Mask2FormerLike(seed=0)
-    assert sorted(model.state_dict()) == sorted(official_keys())
-
-
-@pytest.mark.parametrize("fmt", ["pkl", "pth"])
-def test_official_checkpoint_loads_with_identical_outputs(tmp_path, fmt):
-    source = _Mask2FormerLike(seed=1).eval()
-    state = _official_state(source)
-    path = tmp_path / f"model_final.{fmt}"
+def _write_checkpoint(state, path, fmt):
     if fmt == "pkl":
         # Detectron2 model-zoo pickle: numpy arrays under "model", plus "__author__".
         payload = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Mask2Former"}
@@ -89,18 +78,121 @@ def test_official_checkpoint_loads_with_identical_outputs(tmp_path, fmt):
         # A checkpoint written by the official training loop (DetectionCheckpointer.save).
         torch.save({"model": state, "iteration": 89999}, path)
 
-    target = _Mask2FormerLike(seed=2).eval()
-    extra = DetectionCheckpointer(target).load(str(path))
+
+def _load_official(golden, tmp_path, fmt):
+    path = tmp_path / f"model_final.{fmt}"
+    _write_checkpoint(golden["state_dict"], path, fmt)
+    model = _HeadAndCriterion(golden, seed=1)
+    extra = DetectionCheckpointer(model).load(str(path))
     assert "model" not in extra
-    loaded = target.state_dict()
-    assert set(loaded) == set(state)
-    for key, value in state.items():
+    return model
+
+
+@pytest.fixture(scope="module")
+def vlt_model(golden, tmp_path_factory):
+    """VLT's head with the official weights, loaded from a .pth."""
+    return _load_official(golden, tmp_path_factory.mktemp("ckpt"), "pth")
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "pth"])
+def test_every_official_key_lands(golden, tmp_path, fmt):
+    official = golden["state_dict"]
+    model = _load_official(golden, tmp_path, fmt)
+    loaded = model.state_dict()
+    missing = sorted(set(loaded) - set(official))
+    unexpected = sorted(set(official) - set(loaded))
+    assert not missing and not unexpected, f"missing {missing}, unexpected {unexpected}"
+    for key, value in official.items():
+        # Every value, not just the names: a key filled by suffix matching into the wrong
+        # module, or skipped for a shape mismatch, keeps VLT's own (different) initialization.
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
 
-    feats = features(batch=2, width=95)
+
+def _predictions(out):
+    return [out] + list(out["aux_outputs"])
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_outputs_equal_the_official_ones(golden, vlt_model, training):
+    head = vlt_model.sem_seg_head.train(training)
+    expected = golden["outputs"]
     with torch.no_grad():
-        expected = source.sem_seg_head(feats)
-        actual = target.sem_seg_head(feats)
-    for exp, act in zip([expected] + expected["aux_outputs"], [actual] + actual["aux_outputs"]):
-        torch.testing.assert_close(act["pred_logits"], exp["pred_logits"], rtol=0, atol=0)
-        torch.testing.assert_close(act["pred_masks"], exp["pred_masks"], rtol=0, atol=0)
+        mask_features, encoder_features, multi_scale = head.pixel_decoder(golden["features"])
+        actual = head(golden["features"])
+    head.eval()
+    close = {"rtol": 0, "atol": OUTPUT_ATOL}
+    torch.testing.assert_close(mask_features, expected["mask_features"], **close)
+    torch.testing.assert_close(encoder_features, expected["encoder_features"], **close)
+    assert len(multi_scale) == len(expected["multi_scale_features"]) == 3
+    for act, exp in zip(multi_scale, expected["multi_scale_features"]):
+        torch.testing.assert_close(act, exp, **close)
+    assert len(actual["aux_outputs"]) == len(expected["aux_outputs"]) == 3
+    for layer, (act, exp) in enumerate(zip(_predictions(actual), _predictions(expected))):
+        for key in ("pred_logits", "pred_masks"):
+            torch.testing.assert_close(act[key], exp[key], msg=f"{key} of prediction {layer}",
+                                       **close)
+
+
+def _select(out, images):
+    return {
+        "pred_logits": out["pred_logits"][images],
+        "pred_masks": out["pred_masks"][images],
+        "aux_outputs": [{k: a[k][images] for k in a} for a in out["aux_outputs"]],
+    }
+
+
+def _case(golden, name):
+    case = golden["criterion"]["cases"][name]
+    images = case["images"]
+    return case, _select(golden["outputs"], images), [golden["targets"][i] for i in images]
+
+
+def _as_lists(indices):
+    return [(i.tolist(), j.tolist()) for i, j in indices]
+
+
+def _check_matches(golden, vlt_model, case_name):
+    """VLT's matcher on each official prediction (final, then auxiliary), torch seeded before
+    each call as in the official run: the same (query, target) pairs."""
+    case, outputs, targets = _case(golden, case_name)
+    matcher = vlt_model.criterion.matcher
+    for layer, prediction in enumerate([outputs] + outputs["aux_outputs"]):
+        torch.manual_seed(golden["criterion"]["seed"])
+        pair = {k: prediction[k] for k in ("pred_logits", "pred_masks")}
+        expected = case["matcher_indices"][layer]
+        assert _as_lists(matcher(pair, targets)) == _as_lists(expected), f"prediction {layer}"
+
+
+def _check_losses(golden, vlt_model, case_name):
+    """VLT's criterion on the official predictions, torch seeded once as in the official run (the
+    matcher's points and the loss points share the random stream): the same unweighted losses.
+    ``loss_ce*`` depend on the criterion's own matches, so another match fails here too."""
+    case, outputs, targets = _case(golden, case_name)
+    criterion = vlt_model.criterion
+    assert dict(criterion.weight_dict) == golden["criterion"]["weight_dict"]
+    torch.manual_seed(golden["criterion"]["seed"])
+    losses = criterion(outputs, targets)
+    assert sorted(losses) == sorted(case["losses"])
+    for key, value in case["losses"].items():
+        torch.testing.assert_close(losses[key], value, rtol=0, atol=LOSS_ATOL, msg=key)
+
+
+_ISSUE_10_23 = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 item 23: VLT's HungarianMatcher skips the point draw for an image without "
+    "targets, official draws it, so the random stream shifts and the points (hence matches and "
+    "losses) of every later image differ. Remove this mark when the fix (branch m2f) lands.",
+)
+
+
+@pytest.mark.parametrize(
+    "case_name",
+    [
+        "with_targets",
+        # Image 1 of 3 is all ignored: official HungarianMatcher draws its points for it too.
+        pytest.param("with_empty_image", marks=_ISSUE_10_23),
+    ],
+)
+def test_matches_and_losses_equal_the_official_ones(golden, vlt_model, case_name):
+    _check_matches(golden, vlt_model, case_name)
+    _check_losses(golden, vlt_model, case_name)
