@@ -13,10 +13,7 @@ import torch
 
 from vlt_common.modeling.backbone.rein import Rein
 
-try:  # main since issue 13 item 5 (VLTSeg's parts under modeling/)
-    from vltseg.modeling import QueryLinker
-except ImportError:  # before that move; drop this fallback once both are merged
-    from vltseg.query_linking import QueryLinker
+from vltseg.modeling import QueryLinker
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "rein_tiny.pt")
 # Official LoRAReins parameter -> VLT parameter (Rein as ``rein``, QueryLinker as ``linker``).
