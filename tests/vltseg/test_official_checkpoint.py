@@ -104,3 +104,53 @@ def test_official_checkpoint_loads_with_identical_outputs(tmp_path, fmt):
     for exp, act in zip([expected] + expected["aux_outputs"], [actual] + actual["aux_outputs"]):
         torch.testing.assert_close(act["pred_logits"], exp["pred_logits"], rtol=0, atol=0)
         torch.testing.assert_close(act["pred_masks"], exp["pred_masks"], rtol=0, atol=0)
+
+
+def _legacy_layout(state):
+    """A pre-version-2 checkpoint: the pixel decoder's weights directly under ``sem_seg_head``
+    and the decoder's initial query features named ``static_query``."""
+    legacy = {}
+    for key, value in state.items():
+        key = key.replace("sem_seg_head.pixel_decoder.", "sem_seg_head.")
+        legacy[key.replace("predictor.query_feat.", "predictor.static_query.")] = value
+    return legacy
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "pth"])
+def test_legacy_checkpoint_is_converted_while_loading(tmp_path, fmt, caplog):
+    source = _Mask2FormerLike(seed=1).eval()
+    state = _official_state(source)
+    legacy = _legacy_layout(state)
+    assert "sem_seg_head.adapter_1.weight" in legacy
+    assert "sem_seg_head.predictor.static_query.weight" in legacy
+    path = tmp_path / f"model_final.{fmt}"
+    if fmt == "pkl":
+        payload = {"model": {k: v.numpy() for k, v in legacy.items()}, "__author__": "MaskFormer"}
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        # Version-1 metadata, as an old training loop wrote it.
+        legacy = type(state)(legacy)
+        legacy._metadata = {"sem_seg_head": {"version": 1}, "sem_seg_head.predictor": {}}
+        torch.save({"model": legacy}, path)
+
+    target = _Mask2FormerLike(seed=2).eval()
+    with caplog.at_level("WARNING"):
+        DetectionCheckpointer(target).load(str(path))
+    assert "Weight format of MaskFormerHead has changed" in caplog.text
+    assert "Weight format of MultiScaleMaskedTransformerDecoder has changed" in caplog.text
+    loaded = target.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_current_checkpoint_is_not_converted(caplog):
+    # Version-2 metadata (what state_dict() writes today): keys are taken as they are.
+    source = _Mask2FormerLike(seed=1)
+    state = source.state_dict()
+    assert state._metadata["sem_seg_head"]["version"] == 2
+    assert state._metadata["sem_seg_head.predictor"]["version"] == 2
+    target = _Mask2FormerLike(seed=2)
+    with caplog.at_level("WARNING"):
+        target.load_state_dict(state)
+    assert "Weight format" not in caplog.text
