@@ -169,10 +169,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in in_features},
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
-            "transformer_nheads": head.DEFORMABLE_N_HEADS,
+            "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             "transformer_dim_feedforward": head.DEFORMABLE_DIM_FEEDFORWARD,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
-            "transformer_n_points": head.DEFORMABLE_N_POINTS,
+            "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
