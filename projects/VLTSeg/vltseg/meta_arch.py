@@ -27,6 +27,7 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
 
 from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
+from .modeling.matcher import to_device_async
 from .query_linking import QueryLinker, build_query_linker
 from .text_head import DenseCLIPTextHead
 
@@ -260,7 +261,8 @@ class VLTSeg(nn.Module):
         return self._inference(images, batched_inputs)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        image = to_device_async(image, self.device)
+        return (image.float() - self.pixel_mean) / self.pixel_std
 
     def _features(self, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
         features = self.backbone(x)
@@ -277,35 +279,49 @@ class VLTSeg(nn.Module):
         query_embed, query_feat = self.query_linker(self.backbone.rein.layer_tokens())
         return self.sem_seg_head(features, query_embed=query_embed, query_feat=query_feat)
 
-    def prepare_targets(self, sem_seg: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+    def prepare_targets(
+        self, sem_seg: torch.Tensor, classes: Optional[List[torch.Tensor]] = None
+    ) -> List[Dict[str, torch.Tensor]]:
         """
         Mask2Former targets from label maps.
 
         Args:
             sem_seg (Tensor): padded labels [B, H, W].
+            classes (list[Tensor], optional): per image, the int64 class ids present (ignore
+                value excluded), e.g. found on the CPU before the labels moved to the device;
+                None finds them here (``torch.unique``, a host-device synchronization on GPU).
 
         Returns:
             list[dict]: per image {"labels": int64 [N], "masks": float [N, H, W]}, one binary mask
             per class present (the ignore value excluded).
         """
+        if classes is None:
+            classes = [self._classes_present(labels) for labels in sem_seg]
         targets = []
-        for labels in sem_seg:
-            classes = torch.unique(labels)
-            classes = classes[classes != self.ignore_value]
-            masks = (labels.unsqueeze(0) == classes.view(-1, 1, 1)).float()
-            targets.append({"labels": classes, "masks": masks})
+        for labels, present in zip(sem_seg, classes):
+            present = present.to(labels.device, non_blocking=True)
+            masks = (labels.unsqueeze(0) == present.view(-1, 1, 1)).float()
+            targets.append({"labels": present, "masks": masks})
         return targets
+
+    def _classes_present(self, labels: torch.Tensor) -> torch.Tensor:
+        classes = torch.unique(labels)
+        return classes[classes != self.ignore_value].long()
 
     def _losses(self, images: List[torch.Tensor], batched_inputs: List[dict]):
         if any("sem_seg" not in x for x in batched_inputs):
             raise KeyError("VLTSeg needs a 'sem_seg' label map in every training input")
         images = ImageList.from_tensors(images, self.size_divisibility)
+        # The classes present, found where the mapper left the labels (the CPU), so that no
+        # device value is read; then the labels move with a non-blocking copy from pinned memory.
+        classes = [to_device_async(self._classes_present(x["sem_seg"]), self.device)
+                   for x in batched_inputs]
         # Mappers may hand out uint8 label maps; the criterion needs int64 class ids.
-        sem_seg = [x["sem_seg"].to(self.device).long() for x in batched_inputs]
+        sem_seg = [to_device_async(x["sem_seg"], self.device).long() for x in batched_inputs]
         sem_seg = ImageList.from_tensors(sem_seg, self.size_divisibility, self.ignore_value).tensor
         features, score_map = self._features(images.tensor)
         outputs = self._decode(features)
-        losses = self.criterion(outputs, self.prepare_targets(sem_seg))
+        losses = self.criterion(outputs, self.prepare_targets(sem_seg, classes))
         weight_dict = getattr(self.criterion, "weight_dict", None)
         if weight_dict is not None:
             losses = self._weighted(losses, weight_dict)

@@ -8,8 +8,8 @@ from detectron2.utils import comm
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .matcher import HungarianMatcher
-from .point_sampling import point_sample, uncertain_point_coords_with_randomness
+from .matcher import HungarianMatcher, PaddedTargets, to_device_async
+from .point_sampling import point_sample, select_uncertain_points
 
 __all__ = ["SetCriterion", "build_criterion", "sigmoid_ce_loss", "dice_loss"]
 
@@ -40,17 +40,6 @@ def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
-def _matched_target_masks(targets: List[Dict[str, Tensor]], indices, like: Tensor) -> Tensor:
-    """Matched ground-truth masks of all images, zero-padded (bottom/right) to a common size."""
-    selected = [t["masks"][j] for t, (_, j) in zip(targets, indices)]
-    height = max(m.shape[-2] for m in selected)
-    width = max(m.shape[-1] for m in selected)
-    padded = [
-        F.pad(m.to(like), (0, width - m.shape[-1], 0, height - m.shape[-2])) for m in selected
-    ]
-    return torch.cat(padded, 0)
-
-
 class SetCriterion(nn.Module):
     """
     Mask2Former's losses. The matcher assigns queries to ground-truth masks; then
@@ -70,7 +59,7 @@ class SetCriterion(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        matcher: nn.Module,
+        matcher: HungarianMatcher,
         weight_dict: Dict[str, float],
         eos_coef: float,
         losses: Sequence[str],
@@ -81,7 +70,8 @@ class SetCriterion(nn.Module):
         """
         Args:
             num_classes: K, the number of classes without "no object".
-            matcher: callable(outputs, targets) -> list of (query indices, target indices).
+            matcher: the Hungarian matcher (its draw_points / cost_matrices / assign are used
+                to match all predictions with one device-to-host transfer).
             weight_dict: loss key -> weight (applied by the model, not here).
             eos_coef: classification weight of the "no object" class.
             losses: a subset of ("labels", "masks").
@@ -131,31 +121,55 @@ class SetCriterion(nn.Module):
             "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
         }
 
-    def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, Tensor]:
+    def _draws(self, batch_size: int, num_matched: int, device) -> Tuple[Tensor, Tensor, Tensor]:
+        """One prediction's random points, in official Mask2Former's order: the matcher's per
+        image, then the mask loss's candidates and uniform points (None without matches)."""
+        points = self.matcher.draw_points(batch_size, device)
+        if "masks" not in self.losses or num_matched == 0:
+            return points, None, None
+        num_candidates = int(self.num_points * self.oversample_ratio)
+        num_uncertain = int(self.importance_sample_ratio * self.num_points)
+        candidates = torch.rand(num_matched, num_candidates, 2, device=device)
+        uniform = torch.rand(num_matched, self.num_points - num_uncertain, 2, device=device)
+        return points, candidates, uniform
+
+    def _matched_index(self, all_indices, counts: List[int], device) -> Tensor:
+        """int64 [L, 3, n] on ``device``: per layer the image, query and flat target index
+        (into the concatenated targets) of every match; one host-to-device copy."""
+        offsets = [sum(counts[:b]) for b in range(len(counts))]
+        rows = []
+        for indices in all_indices:
+            batch = [torch.full_like(src, b) for b, (src, _) in enumerate(indices)]
+            target = [tgt + offsets[b] for b, (_, tgt) in enumerate(indices)]
+            query = [src for src, _ in indices]
+            rows.append(torch.stack([torch.cat(batch), torch.cat(query), torch.cat(target)]))
+        return to_device_async(torch.stack(rows), device)
+
+    def loss_labels(self, outputs, targets: PaddedTargets, index: Tensor) -> Dict[str, Tensor]:
+        """Cross-entropy of every query's class; ``index`` [3, n] from :meth:`_matched_index`."""
         logits = outputs["pred_logits"].float()
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
-        batch_idx, query_idx = self._query_index(indices)
-        matched = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
-        target_classes[batch_idx, query_idx] = matched.to(logits.device, torch.int64)
+        target_classes[index[0], index[1]] = targets.flat_labels[index[2]]
         loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss}
 
-    def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, Tensor]:
-        batch_idx, query_idx = self._query_index(indices)
-        pred = outputs["pred_masks"][batch_idx, query_idx][:, None]  # [n, 1, H, W]
-        if pred.shape[0] == 0:
+    def loss_masks(
+        self, outputs, targets: PaddedTargets, index: Tensor, num_masks, candidates, uniform
+    ) -> Dict[str, Tensor]:
+        """BCE and dice of the matched masks at importance-sampled points."""
+        if index.shape[1] == 0:
             # No ground truth in the batch: zero losses that still reach every prediction, so
             # that all processes run the same backward.
             zero = outputs["pred_masks"].sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero}
-        tgt = _matched_target_masks(targets, indices, pred)[:, None]  # [n, 1, H', W']
+        pred = outputs["pred_masks"][index[0], index[1]][:, None]  # [n, 1, H, W]
+        tgt = targets.masks[index[2]]  # [n, 1, H', W']
         with torch.no_grad():
-            points = uncertain_point_coords_with_randomness(
-                pred, self.num_points, self.oversample_ratio, self.importance_sample_ratio
-            )
-            point_labels = point_sample(tgt, points)[:, 0]
+            num_uncertain = int(self.importance_sample_ratio * self.num_points)
+            points = select_uncertain_points(pred, candidates, uniform, num_uncertain)
+            point_labels = point_sample(tgt.to(pred), points)[:, 0]
         point_logits = point_sample(pred, points)[:, 0]
         return {
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
@@ -163,34 +177,24 @@ class SetCriterion(nn.Module):
         }
 
     @staticmethod
-    def _query_index(indices) -> Tuple[Tensor, Tensor]:
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-        query_idx = torch.cat([src for src, _ in indices])
-        return batch_idx, query_idx
-
-    def _num_masks(self, targets, device) -> float:
-        """Ground-truth masks per process, averaged over all processes (at least 1)."""
-        num_masks = torch.as_tensor(
-            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float, device=device
-        )
+    def _num_masks(num_targets: int, device):
+        """Ground-truth masks per process, averaged over all processes (at least 1): a Python
+        float on one process, a device tensor (never read on the host) on several."""
         world_size = comm.get_world_size()
-        if world_size > 1:
-            dist.all_reduce(num_masks)
-        return torch.clamp(num_masks / world_size, min=1).item()
-
-    def _losses_for(self, outputs, targets, num_masks) -> Dict[str, Tensor]:
-        indices = self.matcher(outputs, targets)
-        losses = {}
-        if "labels" in self.losses:
-            losses.update(self.loss_labels(outputs, targets, indices, num_masks))
-        if "masks" in self.losses:
-            losses.update(self.loss_masks(outputs, targets, indices, num_masks))
-        return losses
+        if world_size == 1:
+            return max(float(num_targets), 1.0)
+        num_masks = torch.full((1,), float(num_targets), device=device)
+        dist.all_reduce(num_masks)
+        return torch.clamp(num_masks / world_size, min=1)
 
     def forward(
         self, outputs: Dict[str, object], targets: List[Dict[str, Tensor]]
     ) -> Dict[str, Tensor]:
         """
+        All predictions (the final and every auxiliary one) are matched together, so that
+        their cost matrices reach the CPU in one transfer; the random points are drawn first, in
+        official Mask2Former's order (per prediction: the matcher's, then the mask loss's).
+
         Args:
             outputs (dict): "pred_logits" [B, Q, K + 1], "pred_masks" [B, Q, H, W] and
                 optionally "aux_outputs" (list of dicts with the same keys).
@@ -202,11 +206,36 @@ class SetCriterion(nn.Module):
             and "<key>_{i}" for the i-th auxiliary output.
         """
         main = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        num_masks = self._num_masks(targets, main["pred_logits"].device)
-        losses = self._losses_for(main, targets, num_masks)
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self._losses_for(aux, targets, num_masks)
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        layers = [main] + list(outputs.get("aux_outputs", []))
+        logits = main["pred_logits"]
+        B, Q, device = logits.shape[0], logits.shape[1], logits.device
+        if len(targets) != B:
+            raise ValueError(f"{len(targets)} targets for a batch of {B} predictions")
+        padded = PaddedTargets(targets, device)
+        num_masks = self._num_masks(padded.total, device)
+        num_matched = sum(min(Q, n) for n in padded.counts)
+        draws = [self._draws(B, num_matched, device) for _ in layers]
+        if padded.total:
+            costs = torch.stack(
+                [self.matcher.cost_matrices(out, padded, d[0]) for out, d in zip(layers, draws)]
+            )
+            all_indices = self.matcher.assign(costs, padded.counts)
+        else:
+            empty = torch.zeros(0, dtype=torch.int64)
+            all_indices = [[(empty, empty)] * B for _ in layers]
+        index = self._matched_index(all_indices, padded.counts, device)
+
+        losses = {}
+        for i, (out, (_, candidates, uniform)) in enumerate(zip(layers, draws)):
+            layer = {}
+            if "labels" in self.losses:
+                layer.update(self.loss_labels(out, padded, index[i]))
+            if "masks" in self.losses:
+                layer.update(
+                    self.loss_masks(out, padded, index[i], num_masks, candidates, uniform)
+                )
+            suffix = "" if i == 0 else f"_{i - 1}"
+            losses.update({f"{k}{suffix}": v for k, v in layer.items()})
         return losses
 
 
