@@ -183,7 +183,7 @@ class SetCriterion(nn.Module):
         world_size = comm.get_world_size()
         if world_size == 1:
             return max(float(num_targets), 1.0)
-        num_masks = torch.full((1,), float(num_targets), device=device)
+        num_masks = torch.full((), float(num_targets), device=device)  # 0-d: scalar losses
         dist.all_reduce(num_masks)
         return torch.clamp(num_masks / world_size, min=1)
 
