@@ -14,30 +14,33 @@ from .point_sampling import point_sample, select_uncertain_points
 __all__ = ["SetCriterion", "build_criterion", "sigmoid_ce_loss", "dice_loss"]
 
 
-def sigmoid_ce_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+def sigmoid_ce_loss(inputs: Tensor, targets: Tensor) -> Tensor:
     """
-    Binary cross-entropy with logits, averaged over points, summed over masks / num_masks.
+    Binary cross-entropy with logits of each mask, averaged over its points.
 
     Args:
         inputs (Tensor): [n, P] logits; targets (Tensor): [n, P] in [0, 1].
-        num_masks (float): normalizer (the average number of masks per process).
+
+    Returns:
+        Tensor: [n]; Mask2Former's loss is their sum over the masks / num_masks.
     """
-    loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    return loss.mean(1).sum() / num_masks
+    return F.binary_cross_entropy_with_logits(inputs, targets, reduction="none").mean(1)
 
 
-def dice_loss(inputs: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+def dice_loss(inputs: Tensor, targets: Tensor) -> Tensor:
     """
-    Dice loss (with +1 smoothing), summed over masks / num_masks.
+    Dice loss (with +1 smoothing) of each mask.
 
     Args:
         inputs (Tensor): [n, P] logits; targets (Tensor): [n, P] in [0, 1].
-        num_masks (float): normalizer.
+
+    Returns:
+        Tensor: [n]; Mask2Former's loss is their sum over the masks / num_masks.
     """
     probs = inputs.sigmoid()
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return 1 - (numerator + 1) / (denominator + 1)
 
 
 class SetCriterion(nn.Module):
@@ -145,36 +148,82 @@ class SetCriterion(nn.Module):
             rows.append(torch.stack([torch.cat(batch), torch.cat(query), torch.cat(target)]))
         return to_device_async(torch.stack(rows), device)
 
-    def loss_labels(self, outputs, targets: PaddedTargets, index: Tensor) -> Dict[str, Tensor]:
-        """Cross-entropy of every query's class; ``index`` [3, n] from :meth:`_matched_index`."""
-        logits = outputs["pred_logits"].float()
+    def loss_labels(self, layers, targets: PaddedTargets, index: Tensor) -> Tensor:
+        """
+        Cross-entropy of every query's class (weighted mean, "no object" weighted by
+        ``eos_coef``), all L predictions at once.
+
+        Args:
+            layers (list[dict]): the L predictions ("pred_logits" [B, Q, K + 1]).
+            targets (PaddedTargets): the batch's targets.
+            index (Tensor): [L, 3, n] from :meth:`_matched_index`.
+
+        Returns:
+            Tensor: [L], one loss per prediction.
+        """
+        logits = torch.stack([out["pred_logits"] for out in layers]).float()  # [L, B, Q, K+1]
+        L, B, Q = logits.shape[:3]
         target_classes = torch.full(
-            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+            (L, B, Q), self.num_classes, dtype=torch.int64, device=logits.device
         )
-        target_classes[index[0], index[1]] = targets.flat_labels[index[2]]
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
-        return {"loss_ce": loss}
+        layer_idx = torch.arange(L, device=logits.device)[:, None].expand_as(index[:, 0])
+        target_classes[layer_idx, index[:, 0], index[:, 1]] = targets.flat_labels[index[:, 2]]
+        nll = F.cross_entropy(
+            logits.flatten(0, 1).transpose(1, 2),
+            target_classes.flatten(0, 1),
+            self.empty_weight,
+            reduction="none",
+        )  # [L * B, Q], already weighted by the class weights
+        # F.cross_entropy's weighted mean, per prediction.
+        weights = self.empty_weight[target_classes].view(L, -1).sum(1)
+        return nll.view(L, -1).sum(1) / weights
 
     def loss_masks(
-        self, outputs, targets: PaddedTargets, index: Tensor, num_masks, candidates, uniform
-    ) -> Dict[str, Tensor]:
-        """BCE and dice of the matched masks at importance-sampled points."""
-        if index.shape[1] == 0:
+        self, layers, targets: PaddedTargets, index: Tensor, num_masks, candidates, uniform
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        BCE and dice of the matched masks at importance-sampled points, all L predictions at
+        once: the matched predicted masks are gathered per prediction and sampled together; the
+        ground-truth masks are sampled in place (each target at the points of every prediction
+        it is matched in), without copying them per prediction.
+
+        Args:
+            layers (list[dict]): the L predictions ("pred_masks" [B, Q, H, W]).
+            targets (PaddedTargets): the batch's targets.
+            index (Tensor): [L, 3, n] from :meth:`_matched_index`.
+            num_masks (float or Tensor): the normalizer.
+            candidates (list[Tensor]): per prediction [n, C, 2], the pre-drawn candidates.
+            uniform (list[Tensor]): per prediction [n, U, 2], the pre-drawn uniform points.
+
+        Returns:
+            tuple[Tensor, Tensor]: [L] BCE and [L] dice losses.
+        """
+        L, n = index.shape[0], index.shape[2]
+        if n == 0:
             # No ground truth in the batch: zero losses that still reach every prediction, so
             # that all processes run the same backward.
-            zero = outputs["pred_masks"].sum() * 0.0
-            return {"loss_mask": zero, "loss_dice": zero}
-        pred = outputs["pred_masks"][index[0], index[1]][:, None]  # [n, 1, H, W]
-        tgt = targets.masks[index[2]]  # [n, 1, H', W']
+            zero = torch.stack([out["pred_masks"].sum() * 0.0 for out in layers])
+            return zero, zero
+        pred = torch.cat(
+            [out["pred_masks"][index[i, 0], index[i, 1]] for i, out in enumerate(layers)]
+        )[:, None]  # [L * n, 1, H, W]
+        P = self.num_points
         with torch.no_grad():
-            num_uncertain = int(self.importance_sample_ratio * self.num_points)
-            points = select_uncertain_points(pred, candidates, uniform, num_uncertain)
-            point_labels = point_sample(tgt.to(pred), points)[:, 0]
-        point_logits = point_sample(pred, points)[:, 0]
-        return {
-            "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
-            "loss_dice": dice_loss(point_logits, point_labels, num_masks),
-        }
+            num_uncertain = int(self.importance_sample_ratio * P)
+            points = select_uncertain_points(
+                pred, torch.cat(candidates), torch.cat(uniform), num_uncertain
+            )  # [L * n, P, 2]
+            # Target t matched in prediction i is sampled at slot i of its row.
+            slots = torch.zeros(targets.total, L, P, 2, device=pred.device)
+            layer_idx = torch.arange(L, device=pred.device)[:, None].expand(L, n)
+            slots[index[:, 2], layer_idx] = points.view(L, n, P, 2)
+            sampled = point_sample(targets.masks, slots.view(targets.total, L * P, 2))
+            point_labels = sampled.view(targets.total, L, P)[index[:, 2], layer_idx]
+            point_labels = point_labels.view(L * n, P).to(pred.dtype)
+        point_logits = point_sample(pred, points)[:, 0]  # [L * n, P]
+        bce = sigmoid_ce_loss(point_logits, point_labels).view(L, n).sum(1) / num_masks
+        dice = dice_loss(point_logits, point_labels).view(L, n).sum(1) / num_masks
+        return bce, dice
 
     @staticmethod
     def _num_masks(num_targets: int, device):
@@ -225,17 +274,18 @@ class SetCriterion(nn.Module):
             all_indices = [[(empty, empty)] * B for _ in layers]
         index = self._matched_index(all_indices, padded.counts, device)
 
+        names = [""] + [f"_{i}" for i in range(len(layers) - 1)]
         losses = {}
-        for i, (out, (_, candidates, uniform)) in enumerate(zip(layers, draws)):
-            layer = {}
-            if "labels" in self.losses:
-                layer.update(self.loss_labels(out, padded, index[i]))
-            if "masks" in self.losses:
-                layer.update(
-                    self.loss_masks(out, padded, index[i], num_masks, candidates, uniform)
-                )
-            suffix = "" if i == 0 else f"_{i - 1}"
-            losses.update({f"{k}{suffix}": v for k, v in layer.items()})
+        if "labels" in self.losses:
+            losses.update(
+                {f"loss_ce{s}": v for s, v in zip(names, self.loss_labels(layers, padded, index))}
+            )
+        if "masks" in self.losses:
+            bce, dice = self.loss_masks(
+                layers, padded, index, num_masks, [d[1] for d in draws], [d[2] for d in draws]
+            )
+            losses.update({f"loss_mask{s}": v for s, v in zip(names, bce)})
+            losses.update({f"loss_dice{s}": v for s, v in zip(names, dice)})
         return losses
 
 
