@@ -39,6 +39,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from vlt_common.solver import build_optimizer
 
     cuda = args.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
     iters = args.iters or (50 if cuda else 5)
     warmup = args.warmup or (10 if cuda else 2)
     torch.manual_seed(0)

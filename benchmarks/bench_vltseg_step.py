@@ -256,6 +256,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """
     args = _parser().parse_args(argv)
     cuda = args.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
     args.iters = args.iters or (20 if cuda else 2)
     args.warmup = args.warmup or (5 if cuda else 1)
     if args.worker:
