@@ -146,7 +146,8 @@ class VLTSeg(nn.Module):
             sem_seg_head (nn.Module): Mask2Former head: ``head(features, query_embed=None,
                 query_feat=None)`` -> {"pred_logits", "pred_masks", "aux_outputs"}.
             criterion (nn.Module): ``criterion(outputs, targets)`` -> dict of losses; terms in
-                its ``weight_dict`` (if it has one) are multiplied by their weight, others dropped.
+                its ``weight_dict`` (if it has one) are multiplied by their weight, others dropped
+                (as officially) and named in a warning once.
             class_names (sequence[str]): the K class names in label order.
             pixel_mean, pixel_std (sequence[float]): per-channel normalization (0..255 scale).
             size_divisibility (int): pad images to a multiple of this; -1 uses the backbone's.
