@@ -44,9 +44,12 @@ _NORM_TYPES: Tuple[type, ...] = (
 
 # Names (any component of a parameter's dotted name) of embeddings trained with
 # SOLVER.WEIGHT_DECAY_EMBED: ViT position embeddings and class / register tokens (timm,
-# open_clip), Mask2Former's query and level embeddings. Also: names starting with "rel_pos"
+# open_clip), Mask2Former's query embeddings. Also: names starting with "rel_pos"
 # (ViTDet / SAM relative position tables), every nn.Embedding, and whatever a module lists in its
 # ``no_weight_decay()`` (the timm convention; Rein lists its tokens and scale there).
+# Not "level_embed": as in official Mask2Former's optimizer, the pixel decoder's plain-parameter
+# ``transformer.level_embed`` gets SOLVER.WEIGHT_DECAY (0.05), the decoder's nn.Embedding one
+# WEIGHT_DECAY_EMBED.
 EMBEDDING_NAMES = frozenset(
     {
         "pos_embed",
@@ -58,7 +61,6 @@ EMBEDDING_NAMES = frozenset(
         "dist_token",
         "query_embed",
         "query_feat",
-        "level_embed",
         "relative_position_bias_table",
     }
 )
@@ -226,6 +228,10 @@ def get_param_groups(
     return result
 
 
+def _all_on_cuda(params: List[torch.Tensor]) -> bool:
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
 def _with_full_model_clipping(
     optimizer_cls: Type[torch.optim.Optimizer], max_norm: float, norm_type: float
 ) -> Type[torch.optim.Optimizer]:
@@ -236,11 +242,19 @@ def _with_full_model_clipping(
     """
 
     class FullModelGradientClipping(optimizer_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # A fused optimizer would let GradScaler hand it still-scaled gradients (it unscales
+            # inside its kernel); the clipping needs the true ones, so GradScaler unscales first.
+            self._step_supports_amp_scaling = False
+
         def step(self, closure=None):
             if closure is not None:
                 raise ValueError("full-model gradient clipping does not support a closure")
             params = [p for group in self.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            # One multi-tensor kernel per device and dtype on CUDA; no host sync either way.
+            foreach = True if _all_on_cuda(params) else None
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, foreach=foreach)
             return super().step()
 
     FullModelGradientClipping.__name__ = f"{optimizer_cls.__name__}WithFullModelGradientClip"
@@ -250,7 +264,8 @@ def _with_full_model_clipping(
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """
-    Build AdamW or SGD over :func:`get_param_groups`, with gradient clipping when
+    Build AdamW (fused when every parameter is on a CUDA device) or SGD over
+    :func:`get_param_groups`, with gradient clipping when
     SOLVER.CLIP_GRADIENTS.ENABLED: CLIP_TYPE "full_model" clips the norm of all gradients
     together to CLIP_VALUE (Mask2Former); "value" / "norm" use detectron2's per-parameter clipping.
 
@@ -280,6 +295,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     if name == "ADAMW":
         optimizer_cls = torch.optim.AdamW
         kwargs = {"lr": solver.BASE_LR, "weight_decay": solver.WEIGHT_DECAY}
+        # Fused (one kernel for all parameters) on CUDA; the CPU keeps PyTorch's default
+        # implementation (fused AdamW is CUDA-only in some PyTorch versions). Not under
+        # Detectron2's per-parameter clipping, whose wrapper would see AMP-scaled gradients.
+        per_parameter_clip = solver.CLIP_GRADIENTS.ENABLED and (
+            solver.CLIP_GRADIENTS.CLIP_TYPE != "full_model"
+        )
+        if _all_on_cuda([p for g in groups for p in g["params"]]) and not per_parameter_clip:
+            kwargs["fused"] = True
     elif name == "SGD":
         optimizer_cls = torch.optim.SGD
         kwargs = {

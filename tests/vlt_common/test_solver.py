@@ -92,7 +92,9 @@ _BACKBONE_EXPECTED = {
 }
 _HEAD_EXPECTED = {
     "head.query_feat.weight": WD_EMBED,
-    "head.level_embed": WD_EMBED,
+    # A plain parameter named level_embed (Mask2Former's pixel decoder): the default decay, as
+    # in official Mask2Former's optimizer (it was WEIGHT_DECAY_EMBED before).
+    "head.level_embed": WD,
     "head.predictor.weight": WD,
     "head.predictor.bias": WD_BIAS,
     "head.norm.weight": WD_NORM,
@@ -316,3 +318,68 @@ def test_other_schedules_delegate_to_detectron2():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError, match="MAX_ITER"):
         build_lr_scheduler(_cfg(LR_SCHEDULER_NAME="WarmupPolyLR", MAX_ITER=0), optimizer)
+
+
+def _official_mask2former_rule(module_name, module, param_name, backbone_multiplier):
+    """(lr, weight decay) of one parameter by official Mask2Former's ``build_optimizer``
+    (train_net.py), written out from its rules."""
+    lr = BASE_LR * (backbone_multiplier if "backbone" in module_name else 1.0)
+    decay = WD
+    if "relative_position_bias_table" in param_name or "absolute_pos_embed" in param_name:
+        decay = 0.0
+    norm_types = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+    if isinstance(module, norm_types):
+        decay = WD_NORM
+    if isinstance(module, nn.Embedding):
+        decay = WD_EMBED
+    return lr, decay
+
+
+def test_mask2former_head_groups_follow_the_official_optimizer():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_sem_seg_head
+
+    from vlt_common.engine.defaults import get_vlt_cfg
+    from vltseg.modeling import build_criterion
+
+    cfg = get_vlt_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 64
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 2
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = True
+    shapes = {f"res{i}": ShapeSpec(channels=16, stride=2**i) for i in range(2, 6)}
+
+    model = nn.Module()
+    model.backbone = _FakeBackbone()
+    model.sem_seg_head = build_sem_seg_head(cfg, shapes)
+    model.criterion = build_criterion(cfg)
+    got = _assignment(model, _groups(model, weight_decay_bias=None))
+    expected = {}
+    for module_name, module in model.sem_seg_head.named_modules():
+        for local, _ in module.named_parameters(recurse=False):
+            name = f"sem_seg_head.{module_name}.{local}" if module_name else local
+            expected[name] = _official_mask2former_rule(module_name, module, local, 0.1)
+    assert len(expected) > 60
+    # The plain-parameter level embedding of the pixel decoder decays; the decoder's does not.
+    assert expected["sem_seg_head.pixel_decoder.transformer.level_embed"] == (BASE_LR, WD)
+    assert expected["sem_seg_head.predictor.level_embed.weight"] == (BASE_LR, WD_EMBED)
+    for name, (lr, decay) in expected.items():
+        assert got[name][0] == pytest.approx(lr), name
+        assert got[name][1] == decay, name
+
+
+def test_cpu_optimizer_is_not_fused_and_clipping_unscales_first():
+    model = _Model()
+    plain = build_optimizer(_cfg(OPTIMIZER="ADAMW"), model)
+    assert not plain.defaults["fused"]  # fused AdamW only for CUDA parameters
+    clipped = build_optimizer(
+        _cfg(
+            OPTIMIZER="ADAMW",
+            **{"CLIP_GRADIENTS.ENABLED": True, "CLIP_GRADIENTS.CLIP_TYPE": "full_model"},
+        ),
+        model,
+    )
+    # GradScaler must unscale before the clipping step sees the gradients, fused or not.
+    assert clipped._step_supports_amp_scaling is False

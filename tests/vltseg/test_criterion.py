@@ -123,10 +123,11 @@ def _count_masks_worker(out_dir):
     from detectron2.utils import comm
 
     rank = comm.get_rank()
-    labels = torch.zeros(1 + 2 * rank, dtype=torch.int64)  # rank 0: 1 mask, rank 1: 3 masks
-    value = _criterion()._num_masks([{"labels": labels}], torch.device("cpu"))
+    # rank 0: 1 mask, rank 1: 3 masks; several processes: a tensor, never read on the host
+    value = _criterion()._num_masks(1 + 2 * rank, torch.device("cpu"))
+    assert isinstance(value, torch.Tensor) and value.dim() == 0
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
-        json.dump(value, f)
+        json.dump(value.item(), f)
 
 
 @pytest.mark.slow
@@ -134,3 +135,56 @@ def test_num_masks_is_averaged_over_processes(tmp_path):
     launch(_count_masks_worker, 2, dist_url="auto", args=(str(tmp_path),))
     values = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert values == [2.0, 2.0]
+
+
+def _reference_losses(criterion, outputs, targets):
+    """Official Mask2Former's per-prediction loop, written out: match, then the class loss and
+    the point-sampled mask losses of that prediction, drawing the random points as it goes."""
+    from torch.nn import functional as F
+
+    from vltseg.modeling import point_sample, uncertain_point_coords_with_randomness
+
+    layers = [{k: outputs[k] for k in ("pred_logits", "pred_masks")}] + outputs["aux_outputs"]
+    num_masks = max(sum(len(t["labels"]) for t in targets), 1)
+    losses = {}
+    for i, out in enumerate(layers):
+        suffix = "" if i == 0 else f"_{i - 1}"
+        indices = criterion.matcher(out, targets)
+        classes = torch.full(out["pred_logits"].shape[:2], NUM_CLASSES, dtype=torch.int64)
+        for b, (src, tgt) in enumerate(indices):
+            classes[b, src] = targets[b]["labels"][tgt]
+        losses[f"loss_ce{suffix}"] = F.cross_entropy(
+            out["pred_logits"].transpose(1, 2), classes, criterion.empty_weight
+        )
+        pred = torch.cat([out["pred_masks"][b][src] for b, (src, _) in enumerate(indices)])
+        tgt = torch.cat([t["masks"][j].float() for t, (_, j) in zip(targets, indices)])
+        points = uncertain_point_coords_with_randomness(pred[:, None], 200, 3.0, 0.75)
+        labels = point_sample(tgt[:, None], points)[:, 0]
+        logits = point_sample(pred[:, None], points)[:, 0]
+        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+        probs = logits.sigmoid()
+        dice = 1 - (2 * (probs * labels).sum(-1) + 1) / (probs.sum(-1) + labels.sum(-1) + 1)
+        losses[f"loss_mask{suffix}"] = bce.sum() / num_masks
+        losses[f"loss_dice{suffix}"] = dice.sum() / num_masks
+    return losses
+
+
+def test_batched_losses_equal_the_official_per_prediction_loop():
+    # All predictions are matched and scored together (one cost transfer); values and random
+    # draws must equal the official loop's, with an image without targets in the batch.
+    g = torch.Generator().manual_seed(3)
+    targets = _targets()
+    targets.insert(1, {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, H, W)})
+    layer = lambda: {  # noqa: E731
+        "pred_logits": torch.randn(3, Q, NUM_CLASSES + 1, generator=g),
+        "pred_masks": torch.randn(3, Q, H, W, generator=g) * 4,
+    }
+    outputs = {**layer(), "aux_outputs": [layer(), layer()]}
+    criterion = _criterion()
+    torch.manual_seed(11)
+    ours = criterion(outputs, targets)
+    torch.manual_seed(11)
+    reference = _reference_losses(criterion, outputs, targets)
+    assert sorted(ours) == sorted(reference) and len(ours) == 9
+    for key, value in reference.items():
+        torch.testing.assert_close(ours[key], value, rtol=1e-5, atol=1e-6, msg=key)

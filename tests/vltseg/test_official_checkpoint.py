@@ -7,6 +7,7 @@ script to regenerate it). Here the official weights go into VLT's head through D
 DetectionCheckpointer, as a user loads a model-zoo ``.pkl`` or a ``.pth``, and VLT must reproduce
 the official numbers. The official code is not needed to run these tests.
 """
+import collections
 import os
 import pickle
 
@@ -177,22 +178,62 @@ def _check_losses(golden, vlt_model, case_name):
         torch.testing.assert_close(losses[key], value, rtol=0, atol=LOSS_ATOL, msg=key)
 
 
-_ISSUE_10_23 = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 item 23: VLT's HungarianMatcher skips the point draw for an image without "
-    "targets, official draws it, so the random stream shifts and the points (hence matches and "
-    "losses) of every later image differ. Remove this mark when the fix (branch m2f) lands.",
-)
-
-
 @pytest.mark.parametrize(
     "case_name",
     [
         "with_targets",
         # Image 1 of 3 is all ignored: official HungarianMatcher draws its points for it too.
-        pytest.param("with_empty_image", marks=_ISSUE_10_23),
+        "with_empty_image",
     ],
 )
 def test_matches_and_losses_equal_the_official_ones(golden, vlt_model, case_name):
     _check_matches(golden, vlt_model, case_name)
     _check_losses(golden, vlt_model, case_name)
+
+
+def _legacy_layout(state):
+    """A pre-version-2 checkpoint: the pixel decoder's weights directly under ``sem_seg_head``
+    and the decoder's initial query features named ``static_query``."""
+    legacy = {}
+    for key, value in state.items():
+        key = key.replace("sem_seg_head.pixel_decoder.", "sem_seg_head.")
+        legacy[key.replace("predictor.query_feat.", "predictor.static_query.")] = value
+    return legacy
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "pth"])
+def test_legacy_checkpoint_is_converted_while_loading(golden, tmp_path, fmt, caplog):
+    state = golden["state_dict"]
+    legacy = _legacy_layout(state)
+    assert "sem_seg_head.adapter_1.weight" in legacy
+    assert "sem_seg_head.predictor.static_query.weight" in legacy
+    path = tmp_path / f"model_final.{fmt}"
+    if fmt == "pkl":
+        payload = {"model": {k: v.numpy() for k, v in legacy.items()}, "__author__": "MaskFormer"}
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:
+        # Version-1 metadata, as an old training loop wrote it.
+        legacy = collections.OrderedDict(legacy)
+        legacy._metadata = {"sem_seg_head": {"version": 1}, "sem_seg_head.predictor": {}}
+        torch.save({"model": legacy}, path)
+
+    target = _HeadAndCriterion(golden, seed=2)
+    with caplog.at_level("WARNING"):
+        DetectionCheckpointer(target).load(str(path))
+    assert "Weight format of MaskFormerHead has changed" in caplog.text
+    assert "Weight format of MultiScaleMaskedTransformerDecoder has changed" in caplog.text
+    loaded = target.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_current_checkpoint_is_not_converted(golden, caplog):
+    # Version-2 metadata (what state_dict() writes today): keys are taken as they are.
+    state = _HeadAndCriterion(golden, seed=1).state_dict()
+    assert state._metadata["sem_seg_head"]["version"] == 2
+    assert state._metadata["sem_seg_head.predictor"]["version"] == 2
+    target = _HeadAndCriterion(golden, seed=2)
+    with caplog.at_level("WARNING"):
+        target.load_state_dict(state)
+    assert "Weight format" not in caplog.text

@@ -152,3 +152,18 @@ def test_head_rejects_unsupported_decoder_input():
     cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
     with pytest.raises(ValueError, match="TRANSFORMER_IN_FEATURE"):
         build_sem_seg_head(cfg, input_shape())
+
+
+def test_dropout_reaches_the_pixel_decoder_only():
+    # Official Mask2Former hard-codes dropout 0.0 in the masked-attention decoder;
+    # MODEL.MASK_FORMER.DROPOUT is the deformable encoder's.
+    cfg = tiny_cfg()
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.3
+    head = build_sem_seg_head(cfg, input_shape())
+    decoder_p = [m.p for m in head.predictor.modules() if isinstance(m, torch.nn.Dropout)]
+    decoder_p += [m.dropout for m in head.predictor.modules()
+                  if isinstance(m, torch.nn.MultiheadAttention)]
+    encoder_p = [m.p for m in head.pixel_decoder.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(decoder_p) == 3 * 3 + 2 * 3  # 3 layers: dropouts of SA, CA, FFN; 2 attentions
+    assert set(decoder_p) == {0.0}
+    assert len(encoder_p) == 3 * 2 and set(encoder_p) == {0.3}

@@ -34,10 +34,16 @@ def add_vltseg_config(cfg):
     cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 5.0
     # Attention heads of the decoder.
     cfg.MODEL.MASK_FORMER.NHEADS = 8
-    # Dropout inside the decoder layers.
+    # Dropout inside the deformable encoder of the pixel decoder (official: only there; the
+    # masked-attention decoder hard-codes 0.0). Official semantic configs: 0.0.
     cfg.MODEL.MASK_FORMER.DROPOUT = 0.0
     # Hidden size of the decoder feed-forward networks.
     cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    # Layers of MaskFormer (v1)'s transformer encoder. Official Mask2Former reads it only in
+    # MaskFormer's decoder, never in MultiScaleMaskedTransformerDecoder: accepted so official yaml
+    # files merge, and (as there) without effect; the pixel decoder's encoder depth is
+    # MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS. Official semantic configs: 0.
+    cfg.MODEL.MASK_FORMER.ENC_LAYERS = 0
     # Decoder layers + 1: the extra one is the prediction from the learnable queries alone.
     cfg.MODEL.MASK_FORMER.DEC_LAYERS = 10
     # Pre-norm instead of post-norm decoder layers.
@@ -56,6 +62,21 @@ def add_vltseg_config(cfg):
     # where the prediction is most uncertain, the rest uniformly.
     cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference outputs (official names). VLTSeg does semantic segmentation only: SEMANTIC_ON
+    # must be True and INSTANCE_ON / PANOPTIC_ON False (other values are rejected when the model
+    # is built).
+    cfg.MODEL.MASK_FORMER.TEST = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+    cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False
+    # Score thresholds of official panoptic / instance inference; semantic inference does not
+    # read them (as officially). Official semantic configs: 0.8 and 0.8.
+    cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    cfg.MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD = 0.0
+    # Resize the mask logits to the output size before the semantic inference (sigmoid x
+    # softmax) instead of resizing the class scores after it (official key; default False).
+    # Only with whole-image inference (no TEST.SLIDING_WINDOW, no TEST.AUG).
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
     # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; these override or extend it.
     # Registered head holding the pixel decoder and the transformer decoder.
@@ -80,13 +101,20 @@ def add_vltseg_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
     # Label value that is ignored by the losses and the evaluator.
     cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
-    # Sampling points per head, per level in the deformable attention.
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_POINTS = 4
-    # Attention heads in the deformable encoder.
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_N_HEADS = 8
+    # Sampling points per head, per level in the deformable attention (official name; 4).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    # Attention heads in the deformable encoder (official name; 8).
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
     # Hidden width of the deformable encoder's feed-forward networks (channels). Official
     # Mask2Former hard-codes 1024 here, independent of MODEL.MASK_FORMER.DIM_FEEDFORWARD.
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_DIM_FEEDFORWARD = 1024
+
+    # Detectron2 ResNet keys that official Mask2Former configs set (added there by DeepLab's
+    # config). Detectron2's build_resnet_backbone always builds the "basic" stem with plain
+    # res5 dilation; other values need DeepLab's backbone and are rejected when VLTSeg is built.
+    # Official Mask2Former R50/R101 configs: "basic" and [1, 1, 1].
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
 
     # ---------------------------------------------------------------------------------------------
     # DenseCLIP-style pixel-text matching (VLTSeg's optional auxiliary loss)

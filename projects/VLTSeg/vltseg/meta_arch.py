@@ -27,10 +27,11 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
 
 from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
+from .modeling.matcher import to_device_async
 from .modeling.query_linking import QueryLinker, build_query_linker
 from .modeling.text_head import DenseCLIPTextHead
 
-__all__ = ["VLTSeg", "semantic_inference", "class_names_from_config"]
+__all__ = ["VLTSeg", "MaskFormer", "semantic_inference", "class_names_from_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,39 @@ def class_names_from_config(cfg) -> List[str]:
             f"{source} has {len(names)} names but MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes}"
         )
     return names
+
+
+def check_mask2former_test_config(cfg) -> None:
+    """
+    Reject the official Mask2Former keys whose values VLTSeg cannot honour, instead of ignoring
+    them: non-semantic outputs, and ResNet stems / res5 grids that Detectron2's
+    ``build_resnet_backbone`` does not build.
+
+    Raises:
+        ValueError: naming the key and the supported value.
+    """
+    test = cfg.MODEL.MASK_FORMER.TEST
+    if not test.SEMANTIC_ON or test.INSTANCE_ON or test.PANOPTIC_ON:
+        raise ValueError(
+            "VLTSeg does semantic segmentation only: MODEL.MASK_FORMER.TEST.SEMANTIC_ON must be "
+            f"True and INSTANCE_ON / PANOPTIC_ON False, got {test.SEMANTIC_ON}, "
+            f"{test.INSTANCE_ON}, {test.PANOPTIC_ON}"
+        )
+    if test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE and (
+        cfg.TEST.SLIDING_WINDOW.ENABLED or cfg.TEST.AUG.ENABLED
+    ):
+        raise ValueError(
+            "MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE needs whole-image "
+            "inference: set TEST.SLIDING_WINDOW.ENABLED and TEST.AUG.ENABLED to False"
+        )
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone":
+        resnets = cfg.MODEL.RESNETS
+        if resnets.STEM_TYPE != "basic" or list(resnets.RES5_MULTI_GRID) != [1, 1, 1]:
+            raise ValueError(
+                "build_resnet_backbone builds the basic stem without a res5 multi-grid: "
+                "MODEL.RESNETS.STEM_TYPE must be 'basic' and RES5_MULTI_GRID [1, 1, 1], got "
+                f"{resnets.STEM_TYPE!r} and {list(resnets.RES5_MULTI_GRID)}"
+            )
 
 
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
@@ -104,6 +138,7 @@ class VLTSeg(nn.Module):
         sliding_window: Optional[SlidingWindow] = None,
         tta_scales: Sequence[float] = (),
         tta_flip: bool = False,
+        sem_seg_postprocess_before_inference: bool = False,
     ):
         """
         Args:
@@ -111,7 +146,8 @@ class VLTSeg(nn.Module):
             sem_seg_head (nn.Module): Mask2Former head: ``head(features, query_embed=None,
                 query_feat=None)`` -> {"pred_logits", "pred_masks", "aux_outputs"}.
             criterion (nn.Module): ``criterion(outputs, targets)`` -> dict of losses; terms in
-                its ``weight_dict`` (if it has one) are multiplied by their weight, others dropped.
+                its ``weight_dict`` (if it has one) are multiplied by their weight, others dropped
+                (as officially) and named in a warning once.
             class_names (sequence[str]): the K class names in label order.
             pixel_mean, pixel_std (sequence[float]): per-channel normalization (0..255 scale).
             size_divisibility (int): pad images to a multiple of this; -1 uses the backbone's.
@@ -123,6 +159,9 @@ class VLTSeg(nn.Module):
             sliding_window (SlidingWindow or None): sliding-window inference; None = whole image.
             tta_scales (sequence[float]): test-time-augmentation scales (empty: no TTA).
             tta_flip (bool): add horizontally flipped views to the TTA.
+            sem_seg_postprocess_before_inference (bool): resize the mask logits to the output
+                size before the semantic inference (official Mask2Former's option); whole-image
+                inference only.
         """
         super().__init__()
         self.backbone = backbone
@@ -137,6 +176,14 @@ class VLTSeg(nn.Module):
         self.sliding_window = sliding_window
         self.tta_scales = tuple(tta_scales)
         self.tta_flip = tta_flip
+        if sem_seg_postprocess_before_inference and (sliding_window or tta_scales or tta_flip):
+            raise ValueError(
+                "sem_seg_postprocess_before_inference needs whole-image inference (no sliding "
+                "window, no TTA)"
+            )
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        # Loss terms the criterion returned without a weight, already reported (warned once).
+        self._unweighted_reported = False
         if size_divisibility < 0:
             size_divisibility = backbone.size_divisibility
         self.size_divisibility = size_divisibility
@@ -161,6 +208,7 @@ class VLTSeg(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        check_mask2former_test_config(cfg)
         backbone = build_backbone(cfg)
         class_names = class_names_from_config(cfg)
         input_shape = backbone.output_shape()
@@ -195,6 +243,9 @@ class VLTSeg(nn.Module):
             "sliding_window": sliding_window,
             "tta_scales": tuple(cfg.TEST.AUG.SCALES) if tta else (),
             "tta_flip": bool(tta and cfg.TEST.AUG.FLIP),
+            "sem_seg_postprocess_before_inference": (
+                cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
+            ),
         }
 
     @property
@@ -219,7 +270,8 @@ class VLTSeg(nn.Module):
         return self._inference(images, batched_inputs)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
-        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        image = to_device_async(image, self.device)
+        return (image.float() - self.pixel_mean) / self.pixel_std
 
     def _features(self, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
         features = self.backbone(x)
@@ -236,41 +288,79 @@ class VLTSeg(nn.Module):
         query_embed, query_feat = self.query_linker(self.backbone.layer_tokens())
         return self.sem_seg_head(features, query_embed=query_embed, query_feat=query_feat)
 
-    def prepare_targets(self, sem_seg: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+    def prepare_targets(
+        self, sem_seg: torch.Tensor, classes: Optional[List[torch.Tensor]] = None
+    ) -> List[Dict[str, torch.Tensor]]:
         """
         Mask2Former targets from label maps.
 
         Args:
             sem_seg (Tensor): padded labels [B, H, W].
+            classes (list[Tensor], optional): per image, the int64 class ids present (ignore
+                value excluded), e.g. found on the CPU before the labels moved to the device;
+                None finds them here (``torch.unique``, a host-device synchronization on GPU).
 
         Returns:
             list[dict]: per image {"labels": int64 [N], "masks": float [N, H, W]}, one binary mask
             per class present (the ignore value excluded).
         """
+        if classes is None:
+            classes = [self._classes_present(labels) for labels in sem_seg]
         targets = []
-        for labels in sem_seg:
-            classes = torch.unique(labels)
-            classes = classes[classes != self.ignore_value]
-            masks = (labels.unsqueeze(0) == classes.view(-1, 1, 1)).float()
-            targets.append({"labels": classes, "masks": masks})
+        for labels, present in zip(sem_seg, classes):
+            present = present.to(labels.device, non_blocking=True)
+            masks = (labels.unsqueeze(0) == present.view(-1, 1, 1)).float()
+            targets.append({"labels": present, "masks": masks})
         return targets
+
+    def _classes_present(self, labels: torch.Tensor) -> torch.Tensor:
+        classes = torch.unique(labels)
+        return classes[classes != self.ignore_value].long()
 
     def _losses(self, images: List[torch.Tensor], batched_inputs: List[dict]):
         if any("sem_seg" not in x for x in batched_inputs):
             raise KeyError("VLTSeg needs a 'sem_seg' label map in every training input")
         images = ImageList.from_tensors(images, self.size_divisibility)
+        # The classes present, found where the mapper left the labels (the CPU), so that no
+        # device value is read; then the labels move with a non-blocking copy from pinned memory.
+        classes = [to_device_async(self._classes_present(x["sem_seg"]), self.device)
+                   for x in batched_inputs]
         # Mappers may hand out uint8 label maps; the criterion needs int64 class ids.
-        sem_seg = [x["sem_seg"].to(self.device).long() for x in batched_inputs]
+        sem_seg = [to_device_async(x["sem_seg"], self.device).long() for x in batched_inputs]
         sem_seg = ImageList.from_tensors(sem_seg, self.size_divisibility, self.ignore_value).tensor
         features, score_map = self._features(images.tensor)
         outputs = self._decode(features)
-        losses = self.criterion(outputs, self.prepare_targets(sem_seg))
+        losses = self.criterion(outputs, self.prepare_targets(sem_seg, classes))
         weight_dict = getattr(self.criterion, "weight_dict", None)
         if weight_dict is not None:
-            losses = {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
+            losses = self._weighted(losses, weight_dict)
         if score_map is not None:
             losses.update(self.text_head.losses(score_map, sem_seg))
         return losses
+
+    def _weighted(self, losses: Dict[str, torch.Tensor], weight_dict: Dict[str, float]):
+        """Multiply each loss by its weight; terms without one are dropped, as in official
+        Mask2Former, but named in a warning (once per model) so that a typo in a weight key or a
+        loss nobody weighted does not go unnoticed."""
+        unweighted = sorted(k for k in losses if k not in weight_dict)
+        if unweighted and not self._unweighted_reported:
+            logger.warning(
+                "The criterion returned loss terms without a weight in its weight_dict; they "
+                "are dropped (not trained): %s",
+                unweighted,
+            )
+            self._unweighted_reported = True
+        return {k: v * weight_dict[k] for k, v in losses.items() if k in weight_dict}
+
+    def _mask_logits(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [B, Q, K + 1] and mask logits upsampled bilinearly to the input size
+        [B, Q, H, W] (as official Mask2Former does)."""
+        features, _ = self._features(images)
+        outputs = self._decode(features)
+        mask_pred = F.interpolate(
+            outputs["pred_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return outputs["pred_logits"], mask_pred
 
     def semantic_scores(self, images: torch.Tensor) -> torch.Tensor:
         """
@@ -283,12 +373,7 @@ class VLTSeg(nn.Module):
             Tensor: per-class scores [B, K, H, W] (mask logits upsampled bilinearly to H x W
             before the sigmoid, as official Mask2Former does).
         """
-        features, _ = self._features(images)
-        outputs = self._decode(features)
-        mask_pred = F.interpolate(
-            outputs["pred_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return semantic_inference(outputs["pred_logits"], mask_pred)
+        return semantic_inference(*self._mask_logits(images))
 
     def _inference(self, images: List[torch.Tensor], batched_inputs: List[dict]):
         infer = partial(
@@ -302,9 +387,29 @@ class VLTSeg(nn.Module):
         results = []
         # Image by image: sizes may differ, and a sliding window or TTA is per image anyway.
         for image, inputs in zip(images, batched_inputs):
-            scores = infer(image.unsqueeze(0))[0]
             height = inputs.get("height", image.shape[-2])
             width = inputs.get("width", image.shape[-1])
-            scores = sem_seg_postprocess(scores, scores.shape[-2:], height, width)
+            if self.sem_seg_postprocess_before_inference:
+                scores = self._postprocess_then_infer(image, height, width)
+            else:
+                scores = infer(image.unsqueeze(0))[0]
+                scores = sem_seg_postprocess(scores, scores.shape[-2:], height, width)
             results.append({"sem_seg": scores})
         return results
+
+    def _postprocess_then_infer(self, image: torch.Tensor, height: int, width: int):
+        """Official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE: the mask logits are cropped to the
+        image and resized to (height, width), then turned into class scores [K, height, width]."""
+        padded = ImageList.from_tensors([image], self.size_divisibility)
+        mask_cls, mask_pred = self._mask_logits(padded.tensor)
+        mask_pred = sem_seg_postprocess(mask_pred[0], padded.image_sizes[0], height, width)
+        return semantic_inference(mask_cls, mask_pred[None])[0]
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(VLTSeg):
+    """
+    Official Mask2Former's meta-architecture name, so that its semantic-segmentation configs
+    (``META_ARCHITECTURE: "MaskFormer"``) build the same model: VLTSeg with semantic outputs
+    only (instance / panoptic settings are rejected by :func:`check_mask2former_test_config`).
+    """

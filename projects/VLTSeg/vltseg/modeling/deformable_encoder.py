@@ -44,14 +44,16 @@ class DeformableEncoderLayer(nn.Module):
         src: Tensor,
         pos: Tensor,
         reference_points: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
+        spatial_shapes: List[Tuple[int, int]],
+        level_start_index: List[int],
     ) -> Tensor:
         """
         Args:
             src (Tensor): [B, S, C] features of all levels; pos (Tensor): [B, S, C] their
                 position + level embeddings; reference_points (Tensor): [B, S, L, 2].
-            spatial_shapes (Tensor): [L, 2]; level_start_index (Tensor): [L].
+            spatial_shapes (list[tuple[int, int]]): (H, W) of the L levels;
+            level_start_index (list[int]): where each level starts along S. Python ints, so
+                that no layer reads them from the device.
 
         Returns:
             Tensor: [B, S, C].
@@ -83,8 +85,7 @@ class _EncoderStack(nn.Module):
         return points[None, :, None].expand(batch_size, -1, len(spatial_shapes), -1)
 
     def forward(self, src, pos, spatial_shapes, level_start_index):
-        shapes = [tuple(s) for s in spatial_shapes.tolist()]
-        reference_points = self.reference_points(shapes, src.shape[0], src.device)
+        reference_points = self.reference_points(spatial_shapes, src.shape[0], src.device)
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
         return src
@@ -145,7 +146,7 @@ class DeformableTransformerEncoder(nn.Module):
 
     def forward(
         self, srcs: List[Tensor], pos_embeds: List[Tensor]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
+    ) -> Tuple[Tensor, List[Tuple[int, int]], List[int]]:
         """
         Args:
             srcs (list[Tensor]): L maps [B, C, H_l, W_l].
@@ -153,7 +154,8 @@ class DeformableTransformerEncoder(nn.Module):
 
         Returns:
             tuple: memory [B, S, C] (S = sum of H_l * W_l, levels in input order),
-            spatial_shapes [L, 2] (H, W) and level_start_index [L], both int64.
+            spatial_shapes (list of L (H, W)) and level_start_index (list of L ints): Python
+            ints taken from the tensor shapes, never read back from the device.
         """
         if len(srcs) != self.level_embed.shape[0]:
             raise ValueError(f"expected {self.level_embed.shape[0]} levels, got {len(srcs)}")
@@ -163,10 +165,9 @@ class DeformableTransformerEncoder(nn.Module):
             flat_pos.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
         src_flatten = torch.cat(flat, 1)
         pos_flatten = torch.cat(flat_pos, 1)
-        spatial_shapes = torch.as_tensor(
-            [tuple(s.shape[-2:]) for s in srcs], dtype=torch.long, device=src_flatten.device
-        )
-        sizes = spatial_shapes.prod(1)
-        level_start_index = torch.cat((sizes.new_zeros(1), sizes.cumsum(0)[:-1]))
+        spatial_shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        level_start_index = [0]
+        for h, w in spatial_shapes[:-1]:
+            level_start_index.append(level_start_index[-1] + h * w)
         memory = self.encoder(src_flatten, pos_flatten, spatial_shapes, level_start_index)
         return memory, spatial_shapes, level_start_index

@@ -6,6 +6,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import Tensor, nn
 
+from .legacy_keys import rename_legacy_keys
 from .pixel_decoder import build_pixel_decoder
 from .transformer_decoder import build_transformer_decoder
 
@@ -15,13 +16,27 @@ __all__ = ["MaskFormerHead"]
 _MULTI_SCALE = "multi_scale_pixel_decoder"
 
 
+def _legacy_head_key(local_key: str) -> str:
+    """Pre-version-2 head key -> today's: the pixel decoder's weights sat directly in the head
+    (official hook: every key but the predictor's moves under "pixel_decoder."). Keys already in
+    today's layout are kept, so files without layout metadata (model-zoo pickles) load too."""
+    if local_key.startswith(("predictor.", "pixel_decoder.")):
+        return local_key
+    return "pixel_decoder." + local_key
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class MaskFormerHead(nn.Module):
     """
     Mask2Former's segmentation head. Attribute names ``pixel_decoder`` and ``predictor`` match
     the official head, so official ``sem_seg_head.*`` checkpoint keys load unchanged (see
-    tests/vltseg/test_official_checkpoint.py).
+    tests/vltseg/test_official_checkpoint.py). State dicts of version < 2 (old model-zoo files,
+    the pixel decoder's weights directly in the head) are converted while loading, as official
+    Mask2Former does.
     """
+
+    # Version of the state-dict layout (official Mask2Former's); older ones are converted.
+    _version = 2
 
     @configurable
     def __init__(
@@ -37,6 +52,15 @@ class MaskFormerHead(nn.Module):
         self.num_classes = num_classes
         self.pixel_decoder = pixel_decoder
         self.predictor = transformer_predictor
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        if local_metadata.get("version", None) is None or local_metadata["version"] < 2:
+            rename_legacy_keys(state_dict, prefix, _legacy_head_key, type(self).__name__)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):

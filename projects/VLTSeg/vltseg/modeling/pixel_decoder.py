@@ -169,10 +169,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in in_features},
             "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
-            "transformer_nheads": head.DEFORMABLE_N_HEADS,
+            "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             "transformer_dim_feedforward": head.DEFORMABLE_DIM_FEEDFORWARD,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
-            "transformer_n_points": head.DEFORMABLE_N_POINTS,
+            "transformer_n_points": head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
@@ -203,13 +203,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x = features[name].float()
             srcs.append(proj(x))
             pos.append(self.pe_layer(x))
-        memory, spatial_shapes, level_start_index = self.transformer(srcs, pos)
+        memory, spatial_shapes, _ = self.transformer(srcs, pos)
 
         B = memory.shape[0]
-        sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).tolist()
+        sizes = [h * w for h, w in spatial_shapes]  # Python ints: nothing read from the device
         out = [
-            level.transpose(1, 2).reshape(B, -1, int(h), int(w))
-            for level, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes.tolist())
+            level.transpose(1, 2).reshape(B, -1, h, w)
+            for level, (h, w) in zip(memory.split(sizes, dim=1), spatial_shapes)
         ]
         # Top-down over the finer maps that the encoder did not see.
         for (adapter, layer), name in zip(

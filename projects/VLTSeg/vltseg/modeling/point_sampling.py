@@ -7,7 +7,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["point_sample", "uncertain_point_coords_with_randomness"]
+__all__ = [
+    "point_sample",
+    "uncertain_point_coords_with_randomness",
+    "select_uncertain_points",
+]
 
 
 def point_sample(input: Tensor, point_coords: Tensor) -> Tensor:
@@ -51,14 +55,30 @@ def uncertain_point_coords_with_randomness(
             f"{oversample_ratio} and {importance_sample_ratio}"
         )
     N = coarse_logits.shape[0]
-    num_sampled = int(num_points * oversample_ratio)
-    candidates = torch.rand(N, num_sampled, 2, device=coarse_logits.device)
-    scores = -point_sample(coarse_logits, candidates)[:, 0].abs()  # [N, num_sampled]
+    candidates = torch.rand(N, int(num_points * oversample_ratio), 2, device=coarse_logits.device)
     num_uncertain = int(importance_sample_ratio * num_points)
+    uniform = torch.rand(N, num_points - num_uncertain, 2, device=coarse_logits.device)
+    return select_uncertain_points(coarse_logits, candidates, uniform, num_uncertain)
+
+
+def select_uncertain_points(
+    coarse_logits: Tensor, candidates: Tensor, uniform: Tensor, num_uncertain: int
+) -> Tensor:
+    """
+    The selection step of :func:`uncertain_point_coords_with_randomness`, the random points given
+    (so that they can be drawn earlier, in the same order): the ``num_uncertain`` most uncertain
+    ``candidates``, then the ``uniform`` points.
+
+    Args:
+        coarse_logits (Tensor): [N, 1, H, W] mask logits.
+        candidates (Tensor): [N, C, 2] uniform candidates in [0, 1].
+        uniform (Tensor): [N, U, 2] points appended as they are.
+        num_uncertain (int): candidates kept, <= C.
+
+    Returns:
+        Tensor: [N, num_uncertain + U, 2].
+    """
+    scores = -point_sample(coarse_logits, candidates)[:, 0].abs()  # [N, C]
     idx = torch.topk(scores, k=num_uncertain, dim=1)[1]
     points = torch.gather(candidates, 1, idx[..., None].expand(-1, -1, 2))
-    num_random = num_points - num_uncertain
-    if num_random > 0:
-        uniform = torch.rand(N, num_random, 2, device=coarse_logits.device)
-        points = torch.cat([points, uniform], dim=1)
-    return points
+    return torch.cat([points, uniform], dim=1)

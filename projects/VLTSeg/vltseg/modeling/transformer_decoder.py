@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .decoder_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from .legacy_keys import rename_legacy_keys
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = [
@@ -86,13 +87,24 @@ def _batched_queries(q: Optional[Tensor], default: Tensor, batch_size: int, name
     )
 
 
+def _legacy_decoder_key(local_key: str) -> str:
+    """Pre-version-2 decoder key -> today's: "static_query" became "query_feat"."""
+    return local_key.replace("static_query", "query_feat")
+
+
 @TRANSFORMER_DECODER_REGISTRY.register()
 class MultiScaleMaskedTransformerDecoder(nn.Module):
     """
     Queries refined by ``dec_layers`` layers of masked cross-attention (to the 3 levels in
     round-robin order, coarsest first), self-attention and FFN; class and mask predictions
     after the initial queries and after every layer (deep supervision).
+
+    State dicts of version < 2 (old model-zoo files) are converted while loading, as official
+    Mask2Former does: ``static_query`` -> ``query_feat``.
     """
+
+    # Version of the state-dict layout (official Mask2Former's); older ones are converted.
+    _version = 2
 
     @configurable
     def __init__(
@@ -126,7 +138,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pre_norm: pre- instead of post-normalization.
             mask_dim: channels of the mask features (and of the mask embeddings).
             enforce_input_project: add a 1x1 projection even when in_channels == hidden_dim.
-            dropout: dropout inside the attention and FFN layers.
+            dropout: dropout inside the attention and FFN layers. Official Mask2Former
+                hard-codes 0.0 here, so ``from_config`` does not read MODEL.MASK_FORMER.DROPOUT
+                (that key reaches only the pixel decoder).
             num_feature_levels: levels attended to in round-robin order.
         """
         super().__init__()
@@ -172,6 +186,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Checkpoints older than version 2 (official Mask2Former's hook) name the initial query
+        # features "static_query".
+        if local_metadata.get("version", None) is None or local_metadata["version"] < 2:
+            rename_legacy_keys(state_dict, prefix, _legacy_decoder_key, type(self).__name__)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     @classmethod
     def from_config(cls, cfg, in_channels, mask_classification):
         mf = cfg.MODEL.MASK_FORMER
@@ -190,7 +215,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pre_norm": mf.PRE_NORM,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
-            "dropout": mf.DROPOUT,
+            # No "dropout": official Mask2Former's decoder layers always use 0.0.
         }
 
     def forward(

@@ -1,0 +1,30 @@
+"""The training-step benchmarks keep working on the CPU (smoke runs at tiny sizes) and refuse a
+missing GPU clearly."""
+import pytest
+import torch
+
+from benchmarks import bench_demo_iter, bench_vltseg_step
+
+
+@pytest.mark.slow
+def test_step_benchmark_runs_on_the_cpu(capsys):
+    result = bench_vltseg_step.main(["--size", "64", "--iters", "1", "--tiny"])
+    assert result["step"]["seconds"] > 0 and result["backbone"]["seconds"] > 0
+    assert result["time_ratio"] == pytest.approx(
+        result["step"]["seconds"] / result["backbone"]["seconds"]
+    )
+    assert result["backbone"]["tflops_per_s"] > 0 and result["backbone"]["mfu"] is None
+    assert "ratio step / backbone" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_benchmark_runs_on_the_cpu():
+    result = bench_demo_iter.main(["--iters", "1", "--warmup", "1"])
+    assert result["ms_per_iter"] > 0 and result["syncs_per_step"] is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+@pytest.mark.parametrize("bench", [bench_vltseg_step, bench_demo_iter])
+def test_cuda_without_a_gpu_is_a_clear_error(bench):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        bench.main(["--device", "cuda"])
