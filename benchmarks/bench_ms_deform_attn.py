@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from vltseg.modeling import ms_deform_attn
+from vltseg.modeling import ms_deform_attn, ms_deform_attn_grid_sample
 
 SHAPES_512 = ((64, 64), (32, 32), (16, 16))
 
@@ -95,19 +95,8 @@ def reference_plain(value, spatial_shapes, level_start_index, locations, attenti
     return out.permute(0, 3, 1, 2).reshape(B, Lq, M * D)
 
 
-def reference_per_level(value, spatial_shapes, level_start_index, locations, attention):
-    """Official Mask2Former's PyTorch formulation; same signature as ms_deform_attn."""
-    B, _, M, D = value.shape
-    _, Lq, _, L, P, _ = locations.shape
-    grids = 2 * locations - 1
-    samples = []
-    for lvl, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
-        v = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(B * M, D, h, w)
-        grid = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # [B*M, Lq, P, 2]
-        samples.append(F.grid_sample(v, grid, mode="bilinear", align_corners=False))
-    weights = attention.transpose(1, 2).reshape(B * M, 1, Lq, L * P)
-    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
-    return out.view(B, M * D, Lq).transpose(1, 2)
+# Official Mask2Former's PyTorch formulation (also VLT's ONNX export path).
+reference_per_level = ms_deform_attn_grid_sample
 
 
 IMPLEMENTATIONS: Dict[str, Callable] = {

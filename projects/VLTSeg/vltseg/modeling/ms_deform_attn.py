@@ -23,23 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .ms_deform_attn_export import ms_deform_attn_grid_sample
+from .ms_deform_attn_inputs import ShapesLike, check_inputs
+from .ms_deform_attn_triton import ms_deform_attn_triton
+
 __all__ = ["ms_deform_attn", "MSDeformAttn"]
-
-ShapesLike = Union[Tensor, Sequence[Sequence[int]]]
-
-
-def _level_layout(
-    spatial_shapes: ShapesLike, level_start_index: Union[Tensor, Sequence[int]], num_levels: int
-) -> Tuple[List[Tuple[int, int]], List[int]]:
-    shapes = [(int(h), int(w)) for h, w in torch.as_tensor(spatial_shapes).tolist()]
-    starts = [int(s) for s in torch.as_tensor(level_start_index).reshape(-1).tolist()]
-    if len(shapes) != num_levels or len(starts) != num_levels:
-        raise ValueError(
-            f"spatial_shapes ({len(shapes)} levels) and level_start_index ({len(starts)} levels) "
-            f"must describe the {num_levels} levels of sampling_locations"
-        )
-    return shapes, starts
-
 
 # Zero border around every level in the table: wide enough that both corners of a clamped
 # top-left corner (at -2 or W) stay inside the level's padded block.
@@ -270,35 +258,23 @@ def ms_deform_attn(
         Tensor: [B, Lq, nH * dH], for every query and head the attention-weighted sum of the
         bilinearly sampled values (heads concatenated).
     """
-    if value.dim() != 4:
-        raise ValueError(f"value must be [B, S, nH, dH], got shape {tuple(value.shape)}")
-    B, S, M, _ = value.shape
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError(
-            "sampling_locations must be [B, Lq, nH, L, nP, 2], got shape "
-            f"{tuple(sampling_locations.shape)}"
-        )
-    if attention_weights.shape != sampling_locations.shape[:-1]:
-        raise ValueError(
-            f"attention_weights {tuple(attention_weights.shape)} must have the shape of "
-            f"sampling_locations without its last dimension {tuple(sampling_locations.shape[:-1])}"
-        )
-    if sampling_locations.shape[0] != B or sampling_locations.shape[2] != M:
-        raise ValueError(
-            f"value {tuple(value.shape)} and sampling_locations "
-            f"{tuple(sampling_locations.shape)} disagree on batch size or number of heads"
-        )
+    shapes, starts = check_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     if not (value.dtype == sampling_locations.dtype == attention_weights.dtype):
         raise ValueError(
             "value, sampling_locations and attention_weights must share one dtype, got "
             f"{value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}"
         )
-    shapes, starts = _level_layout(spatial_shapes, level_start_index, sampling_locations.shape[3])
-    for (h, w), s in zip(shapes, starts):
-        if s < 0 or s + h * w > S:
-            raise ValueError(
-                f"level of shape {(h, w)} starting at {s} does not fit into value with S={S}"
-            )
+    if torch.onnx.is_in_onnx_export():
+        # Plain grid_sample ops that ONNX exports (GridSample, opset >= 16).
+        return ms_deform_attn_grid_sample(
+            value, shapes, starts, sampling_locations, attention_weights
+        )
+    if value.is_cuda:
+        return ms_deform_attn_triton(
+            value, shapes, starts, sampling_locations, attention_weights
+        )
     return _MSDeformAttnFunction.apply(
         value.contiguous(),
         sampling_locations.contiguous(),
