@@ -3,7 +3,9 @@ Multi-scale deformable attention (Deformable DETR, :paper:`Deformable DETR`) in 
 
 Same semantics as the official CUDA op ``MultiScaleDeformableAttention``: bilinear sampling with
 ``align_corners=False`` and zeros outside each level, then a weighted sum over levels and points.
-No compile step; the same code runs on CPU and GPU.
+The implementation in this file is the CPU path; ``ms_deform_attn`` runs Triton kernels for CUDA
+tensors (:mod:`.ms_deform_attn_triton`) and plain ``grid_sample`` calls while the model is
+exported to ONNX (:mod:`.ms_deform_attn_export`); ``backend=`` picks one explicitly.
 
 How it is computed: every (query, head) needs ``4 * n_levels * n_points`` rows of the value map
 (the four bilinear corners of every sampling point), each with one scalar weight
@@ -27,7 +29,7 @@ from .ms_deform_attn_export import ms_deform_attn_grid_sample
 from .ms_deform_attn_inputs import ShapesLike, check_inputs
 from .ms_deform_attn_triton import ms_deform_attn_triton
 
-__all__ = ["ms_deform_attn", "MSDeformAttn"]
+__all__ = ["BACKENDS", "ms_deform_attn", "MSDeformAttn"]
 
 # Zero border around every level in the table: wide enough that both corners of a clamped
 # top-left corner (at -2 or W) stay inside the level's padded block.
@@ -236,12 +238,18 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         return grad_value, grad_locations, grad_attention, None, None
 
 
+# The implementations ms_deform_attn can run (its ``backend`` argument).
+BACKENDS = ("embedding_bag", "triton", "grid_sample")
+
+
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: ShapesLike,
     level_start_index: Union[Tensor, Sequence[int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    *,
+    backend: Optional[str] = None,
 ) -> Tensor:
     """
     Multi-scale deformable attention core, with the semantics of the official CUDA op.
@@ -253,11 +261,17 @@ def ms_deform_attn(
         sampling_locations (Tensor): [B, Lq, nH, L, nP, 2], (x, y) in [0, 1] relative to each
             level (0 = left/top edge, 1 = right/bottom edge); outside samples read zeros.
         attention_weights (Tensor): [B, Lq, nH, L, nP].
+        backend (str, optional): one of :data:`BACKENDS`; None picks automatically:
+            "grid_sample" while ONNX export traces the model (plain ops that export as
+            GridSample), "triton" for CUDA tensors (:mod:`.ms_deform_attn_triton`),
+            "embedding_bag" otherwise (this file; the CPU path).
 
     Returns:
         Tensor: [B, Lq, nH * dH], for every query and head the attention-weighted sum of the
         bilinearly sampled values (heads concatenated).
     """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"ms_deform_attn: backend must be one of {BACKENDS}, got {backend!r}")
     shapes, starts = check_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
@@ -266,15 +280,19 @@ def ms_deform_attn(
             "value, sampling_locations and attention_weights must share one dtype, got "
             f"{value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}"
         )
-    if torch.onnx.is_in_onnx_export():
-        # Plain grid_sample ops that ONNX exports (GridSample, opset >= 16).
+    if backend is None:
+        if torch.onnx.is_in_onnx_export():
+            backend = "grid_sample"
+        elif value.is_cuda:
+            backend = "triton"
+        else:
+            backend = "embedding_bag"
+    if backend == "grid_sample":
         return ms_deform_attn_grid_sample(
             value, shapes, starts, sampling_locations, attention_weights
         )
-    if value.is_cuda:
-        return ms_deform_attn_triton(
-            value, shapes, starts, sampling_locations, attention_weights
-        )
+    if backend == "triton":
+        return ms_deform_attn_triton(value, shapes, starts, sampling_locations, attention_weights)
     return _MSDeformAttnFunction.apply(
         value.contiguous(),
         sampling_locations.contiguous(),

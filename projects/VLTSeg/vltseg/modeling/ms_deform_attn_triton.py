@@ -25,7 +25,8 @@ how tests/vltseg/test_ms_deform_attn_triton.py checks them without a GPU (in a s
 the rest of the test session keeps compiled Triton). The interpreter is slow: the CPU path of
 the op is :func:`vltseg.modeling.ms_deform_attn`.
 """
-from typing import Dict, Tuple
+import functools
+from typing import Tuple
 
 import torch
 import triton
@@ -208,18 +209,11 @@ def _backward_kernel(
 _INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
-# Per (levels, device): the [L, 3] int32 table (H, W, start), copied to the device once.
-_LEVEL_TABLES: Dict[Tuple, Tensor] = {}
-
-
-def _level_table(shapes, starts, device: torch.device) -> Tensor:
-    key = (tuple(shapes), tuple(starts), str(device))
-    table = _LEVEL_TABLES.get(key)
-    if table is None:
-        rows = [[h, w, s] for (h, w), s in zip(shapes, starts)]
-        table = torch.tensor(rows, dtype=torch.int32).to(device)
-        _LEVEL_TABLES[key] = table
-    return table
+@functools.lru_cache(maxsize=64)
+def _level_table(shapes: Tuple, starts: Tuple, device: torch.device) -> Tensor:
+    """The [L, 3] int32 table (H, W, start) on ``device``: copied once per level layout."""
+    rows = [[h, w, s] for (h, w), s in zip(shapes, starts)]
+    return torch.tensor(rows, dtype=torch.int32).to(device)
 
 
 def _launch(kernel, args, batch_heads: int, queries: int, head_dim: int, L: int, P: int):
@@ -296,7 +290,7 @@ def ms_deform_attn_triton(
             "tensors (tests), set TRITON_INTERPRET=1 before Triton is imported. The CPU path "
             "of the op is vltseg.modeling.ms_deform_attn."
         )
-    levels = _level_table(shapes, starts, value.device)
+    levels = _level_table(tuple(shapes), tuple(starts), value.device)
     return _MSDeformAttnTriton.apply(
         value.contiguous(), sampling_locations.contiguous(), attention_weights.contiguous(), levels
     )
