@@ -76,7 +76,8 @@ def _measure_special():
     value, loc, attn, _ = _inputs(shapes, 1, 4, 2, 3, 2, 0.0, seed=3)
     far = loc.clone()
     far[0, 0, ..., 0], far[0, 1, ..., 1], far[0, 2, ..., 0] = 3.5, -1e6, 1e12  # never inside
-    out, grads = _run(ms_deform_attn_triton, (value, far, attn), shapes, starts, torch.ones(1, 4, 6))
+    ones = torch.ones(1, 4, 6)
+    out, grads = _run(ms_deform_attn_triton, (value, far, attn), shapes, starts, ones)
     far_out = out.view(1, 4, 2, 3)[0, :3]
     far_grads = [g[0, :3] for g in grads[1:]]  # queries 0-2 own these locations / weights
     nonfinite = loc.clone()
@@ -111,7 +112,10 @@ def measure_all():
 @pytest.fixture(scope="module")
 def interpreted():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
-    code = "import json, tests.vltseg.test_ms_deform_attn_triton as t; print(json.dumps(t.measure_all()))"
+    code = (
+        "import json, tests.vltseg.test_ms_deform_attn_triton as t; "
+        "print(json.dumps(t.measure_all()))"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
