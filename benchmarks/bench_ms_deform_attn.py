@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+
 from vltseg.modeling import ms_deform_attn, ms_deform_attn_grid_sample
 
 SHAPES_512 = ((64, 64), (32, 32), (16, 16))  # levels of a 512x512 crop
