@@ -92,7 +92,10 @@ def _measure_special():
     ref, ref_grads = _run(
         ms_deform_attn, [t.double() for t in (half, loc, attn)], shapes, starts, out * 0 + 1
     )
+    via_switch = ms_deform_attn(value, shapes, starts, loc, attn, backend="triton")
+    direct = ms_deform_attn_triton(value, shapes, starts, loc, attn)
     return {
+        "backend_switch_equal": bool(torch.equal(via_switch, direct)),
         "far_nonzero": [int(torch.count_nonzero(t)) for t in (far_out, *far_grads)],
         "far_value_grad_nonzero": int(torch.count_nonzero(grads[0])),
         "nan_where_bad": bool(torch.isnan(poisoned[bad]).all()),
@@ -139,6 +142,10 @@ def test_samples_outside_every_level_read_zeros_and_get_no_gradient(interpreted)
     assert special["far_nonzero"] == [0, 0, 0]
     # Query 3 stays inside, so the value gradient is not zero everywhere.
     assert special["far_value_grad_nonzero"] > 0
+
+
+def test_backend_switch_runs_the_triton_kernels(interpreted):
+    assert interpreted["special"]["backend_switch_equal"]
 
 
 def test_non_finite_location_poisons_only_its_own_output(interpreted):
