@@ -1,5 +1,6 @@
 """Multi-scale deformable attention: exact against an explicit bilinear loop, gradients against
-finite differences and against grid_sample (the official PyTorch formulation), module checks."""
+finite differences and against grid_sample (the official PyTorch formulation, also the export
+backend), module checks. The Triton backend: test_ms_deform_attn_triton.py."""
 import math
 
 import pytest
@@ -131,6 +132,28 @@ def test_bad_input_is_rejected(change, message):
     v, s, a = change(value, loc, attn)
     with pytest.raises(ValueError, match=message):
         ms_deform_attn(v, SHAPES, STARTS, s, a)
+
+
+def test_grid_sample_backend_equals_the_default_cpu_path():
+    """The export path (``backend="grid_sample"``) computes the same op, outputs and gradients."""
+    value, loc, attn = _inputs()
+    inputs = [t.requires_grad_() for t in (value, loc, attn)]
+    grad_out = torch.randn(2, 5, 6, dtype=torch.float64)
+    results = []
+    for backend in (None, "grid_sample", "embedding_bag"):
+        out = ms_deform_attn(inputs[0], SHAPES, STARTS, inputs[1], inputs[2], backend=backend)
+        results.append((out, *torch.autograd.grad(out, inputs, grad_out)))
+    expected = _naive(value.detach(), loc.detach(), attn.detach())
+    torch.testing.assert_close(results[0][0], expected, rtol=0, atol=1e-12)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_unknown_backend_is_rejected():
+    value, loc, attn = _inputs()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ms_deform_attn(value, SHAPES, STARTS, loc, attn, backend="cuda")
 
 
 def _module_inputs(attn_module, batch=2):

@@ -10,6 +10,8 @@ from .criterion import SetCriterion, build_criterion
 from .mask_former_head import MaskFormerHead
 from .matcher import HungarianMatcher
 from .ms_deform_attn import MSDeformAttn, ms_deform_attn
+from .ms_deform_attn_export import ms_deform_attn_grid_sample
+from .ms_deform_attn_triton import ms_deform_attn_triton
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, MSDeformAttnPixelDecoder, build_pixel_decoder
 from .point_sampling import point_sample, uncertain_point_coords_with_randomness
 from .position_encoding import PositionEmbeddingSine
@@ -23,6 +25,8 @@ from .transformer_decoder import (
 __all__ = [
     "MSDeformAttn",
     "ms_deform_attn",
+    "ms_deform_attn_grid_sample",
+    "ms_deform_attn_triton",
     "PositionEmbeddingSine",
     "PIXEL_DECODER_REGISTRY",
     "build_pixel_decoder",

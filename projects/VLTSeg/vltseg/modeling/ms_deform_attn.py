@@ -3,7 +3,9 @@ Multi-scale deformable attention (Deformable DETR, :paper:`Deformable DETR`) in 
 
 Same semantics as the official CUDA op ``MultiScaleDeformableAttention``: bilinear sampling with
 ``align_corners=False`` and zeros outside each level, then a weighted sum over levels and points.
-No compile step; the same code runs on CPU and GPU.
+The implementation in this file is the CPU path; ``ms_deform_attn`` runs Triton kernels for CUDA
+tensors (:mod:`.ms_deform_attn_triton`) and plain ``grid_sample`` calls while the model is
+exported to ONNX (:mod:`.ms_deform_attn_export`); ``backend=`` picks one explicitly.
 
 How it is computed: every (query, head) needs ``4 * n_levels * n_points`` rows of the value map
 (the four bilinear corners of every sampling point), each with one scalar weight
@@ -23,23 +25,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["ms_deform_attn", "MSDeformAttn"]
+from .ms_deform_attn_export import ms_deform_attn_grid_sample
+from .ms_deform_attn_inputs import ShapesLike, check_inputs
+from .ms_deform_attn_triton import ms_deform_attn_triton
 
-ShapesLike = Union[Tensor, Sequence[Sequence[int]]]
-
-
-def _level_layout(
-    spatial_shapes: ShapesLike, level_start_index: Union[Tensor, Sequence[int]], num_levels: int
-) -> Tuple[List[Tuple[int, int]], List[int]]:
-    shapes = [(int(h), int(w)) for h, w in torch.as_tensor(spatial_shapes).tolist()]
-    starts = [int(s) for s in torch.as_tensor(level_start_index).reshape(-1).tolist()]
-    if len(shapes) != num_levels or len(starts) != num_levels:
-        raise ValueError(
-            f"spatial_shapes ({len(shapes)} levels) and level_start_index ({len(starts)} levels) "
-            f"must describe the {num_levels} levels of sampling_locations"
-        )
-    return shapes, starts
-
+__all__ = ["BACKENDS", "ms_deform_attn", "MSDeformAttn"]
 
 # Zero border around every level in the table: wide enough that both corners of a clamped
 # top-left corner (at -2 or W) stay inside the level's padded block.
@@ -248,12 +238,18 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         return grad_value, grad_locations, grad_attention, None, None
 
 
+# The implementations ms_deform_attn can run (its ``backend`` argument).
+BACKENDS = ("embedding_bag", "triton", "grid_sample")
+
+
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: ShapesLike,
     level_start_index: Union[Tensor, Sequence[int]],
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    *,
+    backend: Optional[str] = None,
 ) -> Tensor:
     """
     Multi-scale deformable attention core, with the semantics of the official CUDA op.
@@ -265,40 +261,38 @@ def ms_deform_attn(
         sampling_locations (Tensor): [B, Lq, nH, L, nP, 2], (x, y) in [0, 1] relative to each
             level (0 = left/top edge, 1 = right/bottom edge); outside samples read zeros.
         attention_weights (Tensor): [B, Lq, nH, L, nP].
+        backend (str, optional): one of :data:`BACKENDS`; None picks automatically:
+            "grid_sample" while ONNX export traces the model (plain ops that export as
+            GridSample), "triton" for CUDA tensors (:mod:`.ms_deform_attn_triton`),
+            "embedding_bag" otherwise (this file; the CPU path).
 
     Returns:
         Tensor: [B, Lq, nH * dH], for every query and head the attention-weighted sum of the
         bilinearly sampled values (heads concatenated).
     """
-    if value.dim() != 4:
-        raise ValueError(f"value must be [B, S, nH, dH], got shape {tuple(value.shape)}")
-    B, S, M, _ = value.shape
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
-        raise ValueError(
-            "sampling_locations must be [B, Lq, nH, L, nP, 2], got shape "
-            f"{tuple(sampling_locations.shape)}"
-        )
-    if attention_weights.shape != sampling_locations.shape[:-1]:
-        raise ValueError(
-            f"attention_weights {tuple(attention_weights.shape)} must have the shape of "
-            f"sampling_locations without its last dimension {tuple(sampling_locations.shape[:-1])}"
-        )
-    if sampling_locations.shape[0] != B or sampling_locations.shape[2] != M:
-        raise ValueError(
-            f"value {tuple(value.shape)} and sampling_locations "
-            f"{tuple(sampling_locations.shape)} disagree on batch size or number of heads"
-        )
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"ms_deform_attn: backend must be one of {BACKENDS}, got {backend!r}")
+    shapes, starts = check_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     if not (value.dtype == sampling_locations.dtype == attention_weights.dtype):
         raise ValueError(
             "value, sampling_locations and attention_weights must share one dtype, got "
             f"{value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}"
         )
-    shapes, starts = _level_layout(spatial_shapes, level_start_index, sampling_locations.shape[3])
-    for (h, w), s in zip(shapes, starts):
-        if s < 0 or s + h * w > S:
-            raise ValueError(
-                f"level of shape {(h, w)} starting at {s} does not fit into value with S={S}"
-            )
+    if backend is None:
+        if torch.onnx.is_in_onnx_export():
+            backend = "grid_sample"
+        elif value.is_cuda:
+            backend = "triton"
+        else:
+            backend = "embedding_bag"
+    if backend == "grid_sample":
+        return ms_deform_attn_grid_sample(
+            value, shapes, starts, sampling_locations, attention_weights
+        )
+    if backend == "triton":
+        return ms_deform_attn_triton(value, shapes, starts, sampling_locations, attention_weights)
     return _MSDeformAttnFunction.apply(
         value.contiguous(),
         sampling_locations.contiguous(),
