@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .ms_deform_attn_export import ms_deform_attn_grid_sample
-from .ms_deform_attn_inputs import ShapesLike, check_inputs
+from .ms_deform_attn_inputs import ShapesLike, check_inputs, level_shapes
 from .ms_deform_attn_triton import ms_deform_attn_triton
 
 __all__ = ["BACKENDS", "ms_deform_attn", "MSDeformAttn"]
@@ -359,8 +359,8 @@ class MSDeformAttn(nn.Module):
         query: Tensor,
         reference_points: Tensor,
         input_flatten: Tensor,
-        input_spatial_shapes: Tensor,
-        input_level_start_index: Tensor,
+        input_spatial_shapes: ShapesLike,
+        input_level_start_index: Union[Tensor, Sequence[int]],
         input_padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """
@@ -368,8 +368,8 @@ class MSDeformAttn(nn.Module):
             query (Tensor): [B, Lq, C].
             reference_points (Tensor): [B, Lq, L, 2], (x, y) in [0, 1] per level.
             input_flatten (Tensor): [B, S, C], all levels flattened, S = sum of H_l * W_l.
-            input_spatial_shapes (Tensor): [L, 2], (H, W) per level.
-            input_level_start_index (Tensor): [L], start of each level along S.
+            input_spatial_shapes (list[tuple[int, int]] or Tensor): [L, 2], (H, W) per level.
+            input_level_start_index (list[int] or Tensor): [L], start of each level along S.
             input_padding_mask (Tensor, optional): [B, S], True where the input is padding
                 (its value is zeroed).
 
@@ -378,10 +378,11 @@ class MSDeformAttn(nn.Module):
         """
         B, Lq, _ = query.shape
         S = input_flatten.shape[1]
-        shapes = torch.as_tensor(input_spatial_shapes, device=query.device)
-        if shapes.shape != (self.n_levels, 2) or int((shapes[:, 0] * shapes[:, 1]).sum()) != S:
+        # Python ints: no device value is read (the pixel decoder passes ints).
+        shapes = level_shapes(input_spatial_shapes)
+        if len(shapes) != self.n_levels or sum(h * w for h, w in shapes) != S:
             raise ValueError(
-                f"input_spatial_shapes {shapes.tolist()} must list {self.n_levels} levels whose "
+                f"input_spatial_shapes {shapes} must list {self.n_levels} levels whose "
                 f"sizes add up to the {S} input positions"
             )
         if reference_points.shape != (B, Lq, self.n_levels, 2):
@@ -398,7 +399,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(B, Lq, nH, L * P).softmax(-1)
         weights = weights.view(B, Lq, nH, L, P)
         # Offsets are in pixels of each level; locations are normalized to [0, 1].
-        normalizer = shapes.flip(-1).to(offsets.dtype)  # [L, 2] as (W, H)
+        normalizer = offsets.new_tensor([(w, h) for h, w in shapes])  # [L, 2] as (W, H)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[:, None, :]
         out = ms_deform_attn(value, shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)

@@ -4,15 +4,28 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["ShapesLike", "check_inputs"]
+__all__ = ["ShapesLike", "check_inputs", "level_shapes"]
 
 ShapesLike = Union[Tensor, Sequence[Sequence[int]]]
+
+
+def level_shapes(spatial_shapes: ShapesLike) -> List[Tuple[int, int]]:
+    """
+    The (H, W) of every level as Python ints. Python ints pass through without touching a device;
+    a CUDA tensor is read back (one synchronization), so callers on the training path pass ints.
+
+    Args:
+        spatial_shapes (Tensor or sequence): [L, 2], (H, W) per level.
+    """
+    if isinstance(spatial_shapes, Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(h), int(w)) for h, w in spatial_shapes]
 
 
 def _level_layout(
     spatial_shapes: ShapesLike, level_start_index: Union[Tensor, Sequence[int]], num_levels: int
 ) -> Tuple[List[Tuple[int, int]], List[int]]:
-    shapes = [(int(h), int(w)) for h, w in torch.as_tensor(spatial_shapes).tolist()]
+    shapes = level_shapes(spatial_shapes)
     starts = [int(s) for s in torch.as_tensor(level_start_index).reshape(-1).tolist()]
     if len(shapes) != num_levels or len(starts) != num_levels:
         raise ValueError(
