@@ -280,3 +280,21 @@ def test_real_cityscapes_frame_through_registration(registered_at):
     labels = read_sem_seg(d["sem_seg_file_name"], 19, expected_hw=pixels.shape[:2])
     assert pixels.shape == (1024, 2048, 3) and labels.shape == (1024, 2048)
     assert np.count_nonzero(labels == 0) > 100_000  # plenty of road
+
+
+def test_label_spaces_import_registers_nothing():
+    """The class tables a model reads (VLTSeg's default class names) come without the data stack:
+    importing them registers no dataset and imports neither vlt_common.data nor detectron2.data."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from vlt_common.label_spaces import CITYSCAPES_19_CLASSES as c; "
+        "assert len(c) == 19 and c[13] == 'car'; "
+        "print(sorted(m for m in sys.modules if m.startswith(('vlt_common.data', "
+        "'detectron2.data'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert out.stdout.strip() == "[]"

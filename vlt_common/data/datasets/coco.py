@@ -16,7 +16,8 @@ from typing import Dict, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
-from .builtin_meta import THING_CLASS_ALIASES, THING_CLASSES, THING_COLORS
+from vlt_common.label_spaces import THING_CLASSES, THING_COLORS, canonical_class_name
+
 from .layouts import DET_SPLITS, expected_tree
 
 __all__ = ["thing_index", "load_dg_coco", "register_dg_coco", "register_all_dg_detection"]
@@ -31,8 +32,7 @@ def thing_index(category_name: str):
     Returns:
         int or None: the index, or None for a category outside the 8 thing classes.
     """
-    name = category_name.strip().lower()
-    name = THING_CLASS_ALIASES.get(name, name)
+    name = canonical_class_name(category_name)
     return THING_CLASSES.index(name) if name in THING_CLASSES else None
 
 
