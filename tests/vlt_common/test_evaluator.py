@@ -9,12 +9,12 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from vlt_common.config import add_vlt_common_config
 from vlt_common.evaluation import (
+    DGCOCOEvaluator,
     DGSemSegEvaluator,
     build_evaluator,
     confusion_matrix,
@@ -166,7 +166,7 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
         DatasetCatalog.register(name, lambda: [record])
         MetadataCatalog.get(name).set(thing_classes=["car"], evaluator_type="coco")
     det = build_evaluator(cfg, name, str(tmp_path / "det"))
-    assert isinstance(det, COCOEvaluator) and det._use_fast_impl is False
+    assert isinstance(det, DGCOCOEvaluator)
 
     MetadataCatalog.get("dgtest_odd_type").set(evaluator_type="cityscapes_panoptic")
     with pytest.raises(ValueError, match="evaluator_type 'cityscapes_panoptic', which VLT"):

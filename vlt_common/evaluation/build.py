@@ -2,9 +2,9 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.registry import Registry
 
+from .coco_evaluator import DGCOCOEvaluator
 from .sem_seg_evaluator import DGSemSegEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
@@ -29,9 +29,9 @@ def dg_sem_seg(cfg, dataset_name, output_folder):
 
 @EVALUATOR_REGISTRY.register()
 def coco(cfg, dataset_name, output_folder):
-    """Detectron2's ``COCOEvaluator`` with the official (pure Python) COCO API."""
-    # The compiled fast COCOeval is not available with the repackaged Detectron2 wheel.
-    return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+    """:class:`DGCOCOEvaluator`: the official (pure Python) COCO API on the classes the dataset's
+    COCO file shares with the model, matched by name."""
+    return DGCOCOEvaluator(dataset_name, output_dir=output_folder, distributed=True)
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
