@@ -98,7 +98,11 @@ def test_metrics_against_hand_computed_values(pairs, caplog):
 
 def test_bad_predictions_name_the_file(pairs):
     evaluator = DGSemSegEvaluator(_register_meta("dgtest_sem"), distributed=False)
-    with pytest.raises(ValueError, match="img1_label.png"):
+    # A prediction of the wrong size: the image is named with the prediction's size, the label
+    # map with its own (the image itself is 4x6, like its label map).
+    match = r"prediction for image \S*img1.png has size \(h, w\)=\(3, 6\) but its label map " \
+        r"\S*img1_label.png has \(h, w\)=\(4, 6\)"
+    with pytest.raises(ValueError, match=match):
         evaluator.process([pairs[0]], [{"sem_seg": _scores(PRED1[:3])}])
     with pytest.raises(ValueError, match=r"img1.png has shape \(3, 4, 6\)"):
         evaluator.process([pairs[0]], [{"sem_seg": _scores(PRED1)[:3]}])

@@ -161,13 +161,14 @@ class DGSemSegEvaluator(DatasetEvaluator):
                     f"expected [{self.num_classes}, H, W] scores for dataset {self._dataset_name!r}"
                 )
             pred = scores.argmax(dim=0).cpu().numpy()
-            gt = read_sem_seg(
-                inp["sem_seg_file_name"],
-                self.num_classes,
-                self._ignore_label,
-                expected_hw=pred.shape,
-                image_file=inp["file_name"],
-            )
+            gt = read_sem_seg(inp["sem_seg_file_name"], self.num_classes, self._ignore_label)
+            if gt.shape != pred.shape:
+                raise ValueError(
+                    f"prediction for image {inp['file_name']} has size (h, w)={pred.shape} but "
+                    f"its label map {inp['sem_seg_file_name']} has (h, w)={gt.shape}; the model "
+                    "must return scores at the image's original resolution (the input dict's "
+                    "'height' and 'width')"
+                )
             self._conf += confusion_matrix(gt, pred, self.num_classes, self._ignore_label)
             if self._output_dir and self._num_written < self._num_vis and comm.is_main_process():
                 self._write_overlay(inp["file_name"], pred, gt)

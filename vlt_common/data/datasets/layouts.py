@@ -161,7 +161,10 @@ bdd100k/                     the 10k images + sem_seg labels, the 100k images + 
 mapillary_vistas/            Mapillary Vistas v1.2
   {training,validation}/images/<name>.jpg
   {training,validation}/labels/<name>.png  v1.2 class ids 0..65
-  {training,validation}/labels/<name>_labelTrainIds.png  (*)""",
+  {training,validation}/labels/<name>_labelTrainIds.png  (*)
+  A Vistas v2.0 download keeps the v1.2 labels in {training,validation}/v1.2/labels:
+  move or link that folder to {training,validation}/labels (VLT maps the 66 v1.2 classes;
+  the 124 v2.0 classes in v2.0/labels are not used).""",
     "acdc": """\
 acdc/                        rgb_anon_trainvaltest.zip + gt_trainval.zip + gt_panoptic_trainval.zip
   rgb_anon/{fog,night,rain,snow}/{train,val,test}/<sequence>/<name>_rgb_anon.png
