@@ -21,9 +21,14 @@ A registered object is named after the ``evaluator_type`` it serves, is called a
 
 @EVALUATOR_REGISTRY.register()
 def dg_sem_seg(cfg, dataset_name, output_folder):
-    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays."""
+    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays and the mIoU convention
+    ``TEST.MIOU_ABSENT_CLASSES``."""
     return DGSemSegEvaluator(
-        dataset_name, output_dir=output_folder, num_vis=cfg.TEST.DG.NUM_VIS, distributed=True
+        dataset_name,
+        output_dir=output_folder,
+        num_vis=cfg.TEST.DG.NUM_VIS,
+        distributed=True,
+        absent_classes=cfg.TEST.MIOU_ABSENT_CLASSES,
     )
 
 
@@ -39,7 +44,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     Build the evaluator of one test dataset.
 
     Args:
-        cfg (CfgNode): reads ``TEST.DG.NUM_VIS`` (and ``OUTPUT_DIR`` for the default folder).
+        cfg (CfgNode): reads ``TEST.DG.NUM_VIS``, ``TEST.MIOU_ABSENT_CLASSES`` (and
+            ``OUTPUT_DIR`` for the default folder).
         dataset_name (str): a registered dataset whose metadata has ``evaluator_type``
             ("dg_sem_seg" or "coco", or any type added to ``EVALUATOR_REGISTRY``).
         output_folder (str or None): where the evaluator writes; default

@@ -16,6 +16,7 @@ from .visualize import sem_seg_panels
 
 __all__ = [
     "DGSemSegEvaluator",
+    "MIOU_CONVENTIONS",
     "confusion_matrix",
     "reduce_confusion_matrices",
     "sem_seg_metrics",
@@ -58,21 +59,37 @@ def reduce_confusion_matrices(matrices):
     return np.sum(np.stack(matrices), axis=0)
 
 
-def sem_seg_metrics(conf, class_names):
+# How a class without ground-truth pixels enters the IoU and mIoU (TEST.MIOU_ABSENT_CLASSES).
+MIOU_CONVENTIONS = {
+    "nan": "a class absent from the ground truth has NaN IoU and is left out of the mean "
+    "(Detectron2's SemSegEvaluator)",
+    "zero": "a class absent from the ground truth but predicted has IoU 0 and counts in the mean; "
+    "absent and not predicted, it is left out (cityscapesscripts, the benchmark servers)",
+}
+
+
+def sem_seg_metrics(conf, class_names, absent_classes="nan"):
     """
     Detectron2's semantic-segmentation metrics from a confusion matrix, in percent.
 
-    Classes without ground-truth pixels get NaN IoU and accuracy and are left out of the means
-    (as in Detectron2's ``SemSegEvaluator``); their false positives still lower the IoU of the
-    classes they were taken from.
+    A class without ground-truth pixels gets NaN accuracy. Its IoU follows ``absent_classes``
+    (:data:`MIOU_CONVENTIONS`): "nan" (Detectron2) leaves it out of the mean; "zero"
+    (cityscapesscripts' ``getIouScoreForLabel``) gives it IoU 0 when it was predicted, so its false
+    positives count in the mean. Either way they lower the IoU of the classes they were taken from.
 
     Args:
         conf (np.ndarray): int [K, K], rows ground truth, columns prediction.
         class_names (list[str]): K names.
+        absent_classes (str): "nan" or "zero".
 
     Returns:
         OrderedDict: "mIoU", "fwIoU", "IoU-<class>" per class, "mACC", "pACC", "ACC-<class>".
     """
+    if absent_classes not in MIOU_CONVENTIONS:
+        raise ValueError(
+            f"TEST.MIOU_ABSENT_CLASSES is {absent_classes!r}; expected one of "
+            f"{sorted(MIOU_CONVENTIONS)}"
+        )
     conf = np.asarray(conf, dtype=np.float64)
     tp = np.diag(conf)
     pos_gt = conf.sum(axis=1)
@@ -82,9 +99,12 @@ def sem_seg_metrics(conf, class_names):
     acc = np.full(len(tp), np.nan)
     iou[valid] = tp[valid] / (pos_gt[valid] + pos_pred[valid] - tp[valid])
     acc[valid] = tp[valid] / pos_gt[valid]
+    if absent_classes == "zero":
+        iou[~valid & (pos_pred > 0)] = 0.0
+    scored = ~np.isnan(iou)
     total = pos_gt.sum()
     res = OrderedDict()
-    res["mIoU"] = 100 * iou[valid].mean() if valid.any() else float("nan")
+    res["mIoU"] = 100 * iou[scored].mean() if scored.any() else float("nan")
     res["fwIoU"] = 100 * np.sum(iou[valid] * pos_gt[valid] / total) if total else float("nan")
     for name, value in zip(class_names, iou):
         res[f"IoU-{name}"] = 100 * value
@@ -109,14 +129,24 @@ class DGSemSegEvaluator(DatasetEvaluator):
     ``stuff_colors`` when present.
     """
 
-    def __init__(self, dataset_name, *, output_dir=None, num_vis=4, distributed=True):
+    def __init__(
+        self, dataset_name, *, output_dir=None, num_vis=4, distributed=True, absent_classes="nan"
+    ):
         """
         Args:
             dataset_name (str): a registered dataset with semantic labels.
             output_dir (str or None): where results and overlays go; None writes nothing.
             num_vis (int): overlays to write (0 disables them).
             distributed (bool): sum the confusion matrices of all ranks in ``evaluate``.
+            absent_classes (str): mIoU convention for classes absent from the ground truth,
+                "nan" or "zero" (see :func:`sem_seg_metrics`).
         """
+        if absent_classes not in MIOU_CONVENTIONS:
+            raise ValueError(
+                f"TEST.MIOU_ABSENT_CLASSES is {absent_classes!r}; expected one of "
+                f"{sorted(MIOU_CONVENTIONS)}"
+            )
+        self._absent_classes = absent_classes
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("stuff_classes", "ignore_label") if not hasattr(meta, k)]
         if missing:
@@ -195,13 +225,14 @@ class DGSemSegEvaluator(DatasetEvaluator):
             conf = reduce_confusion_matrices(gathered)
         if conf.sum() == 0:
             logger.warning("DGSemSegEvaluator on %s saw no labelled pixels", self._dataset_name)
-        res = sem_seg_metrics(conf, self._class_names)
+        res = sem_seg_metrics(conf, self._class_names, self._absent_classes)
         if self._output_dir:
             path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
             write_json(
                 path,
                 {
                     "dataset": self._dataset_name,
+                    "miou_absent_classes": MIOU_CONVENTIONS[self._absent_classes],
                     "metrics": {k: (None if np.isnan(v) else v) for k, v in res.items()},
                     "class_names": self._class_names,
                     "confusion_matrix (rows: ground truth, columns: prediction)": conf.tolist(),
