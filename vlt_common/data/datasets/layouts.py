@@ -45,19 +45,25 @@ class SemSegPart:
         image_suffix (str): ending of the image file names, e.g. "_leftImg8bit.png".
         label_dir (str or None): label folder; None for splits without public labels.
         label_suffix (str or None): ending of the label file names.
+        split_file (str or None): a MATLAB file listing the images of this part by number (the
+            image file names are those numbers, e.g. GTA5's ``split.mat``); None: every image.
+        split_key (str or None): the variable of ``split_file`` that holds the 1-based numbers.
     """
 
     image_dir: str
     image_suffix: str
     label_dir: Optional[str] = None
     label_suffix: Optional[str] = None
+    split_file: Optional[str] = None
+    split_key: Optional[str] = None
 
     def under(self, root: str) -> "SemSegPart":
-        """The same part with its folders joined to ``root`` (string operations only)."""
+        """The same part with its paths joined to ``root`` (string operations only)."""
         return dataclasses.replace(
             self,
             image_dir=os.path.join(root, self.image_dir),
             label_dir=os.path.join(root, self.label_dir) if self.label_dir else None,
+            split_file=os.path.join(root, self.split_file) if self.split_file else None,
         )
 
 
@@ -74,10 +80,16 @@ def _part(dataset, image_dir, image_suffix, label_dir=None, label_suffix=None):
 def _sem_seg_splits() -> Dict[str, Tuple[str, List[SemSegPart]]]:
     """Registered name -> (dataset key, the parts it concatenates)."""
     splits = {
-        # GTA5 has no validation split that DG work uses: train on all 24,966 images.
+        # DG work trains on all 24,966 GTA5 images (Rein, VLTSeg): gta5_train.
         "gta5_train": ("gta5", [_part("gta5", "images", ".png", "labels", _TRAIN_IDS)]),
         "synthia_train": ("synthia", [_part("synthia", "RGB", ".png", "GT/LABELS", _TRAIN_IDS)]),
     }
+    # GTA5's official split (split.mat of the download: trainIds / valIds / testIds, 1-based
+    # image numbers): gta5_val is the source-domain validation set that rPD is relative to.
+    for split in ("train", "val", "test"):
+        part = _part("gta5", "images", ".png", "labels", _TRAIN_IDS)
+        part = dataclasses.replace(part, split_file="gta5/split.mat", split_key=f"{split}Ids")
+        splits[f"gta5_split_{split}" if split != "val" else "gta5_val"] = ("gta5", [part])
     for split in ("train", "val", "test"):
         # Test labels are not public (Cityscapes ships placeholders): no sem_seg_file_name.
         labels = (f"gtFine/{split}", "_gtFine_labelTrainIds.png") if split != "test" else ()
@@ -137,7 +149,9 @@ EXPECTED_TREES = {
 gta5/                        GTA5 (download.visinf.tu-darmstadt.de/data/from_games)
   images/00001.png ...
   labels/00001.png ...       Cityscapes label ids
-  labels/00001_labelTrainIds.png ...  (*)""",
+  labels/00001_labelTrainIds.png ...  (*)
+  split.mat                  the official train/val/test split (read by gta5_val,
+                             gta5_split_train, gta5_split_test)""",
     "synthia": """\
 synthia/                     the RAND_CITYSCAPES folder of SYNTHIA-RAND-CITYSCAPES
   RGB/0000000.png ...

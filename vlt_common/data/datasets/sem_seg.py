@@ -14,7 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .builtin_meta import CITYSCAPES_19_CLASSES, CITYSCAPES_19_COLORS, IGNORE_LABEL
 from .layouts import SEM_SEG_SPLITS, SemSegPart, expected_tree
 
-__all__ = ["list_files", "load_dg_sem_seg", "register_dg_sem_seg", "register_all_dg_sem_seg"]
+__all__ = ["list_files", "read_split_numbers", "load_dg_sem_seg", "register_dg_sem_seg", "register_all_dg_sem_seg"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,60 @@ def _missing(message: str, hint: str) -> FileNotFoundError:
     return FileNotFoundError(f"{message}\n{hint}".rstrip())
 
 
+def read_split_numbers(split_file: str, key: str, hint: str = "") -> List[int]:
+    """
+    The image numbers of one split in a MATLAB split file (GTA5's ``split.mat``).
+
+    Args:
+        split_file (str): the .mat file.
+        key (str): its variable, e.g. "valIds" (1-based image numbers).
+        hint (str): text appended to the error when the file is missing.
+
+    Returns:
+        list[int]: the numbers, in the file's order.
+
+    Raises:
+        FileNotFoundError: the file is missing; ValueError: it is unreadable or lacks ``key``.
+    """
+    import scipy.io  # only for split files
+
+    if not os.path.isfile(split_file):
+        raise _missing(
+            f"split file {split_file} does not exist (GTA5: split.mat of the download).", hint
+        )
+    try:
+        content = scipy.io.loadmat(split_file)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"cannot read split file {split_file}: {e}") from e
+    if key not in content:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise ValueError(f"split file {split_file} has no {key!r} (it has {found})")
+    return [int(v) for v in content[key].ravel()]
+
+
+def _select_split(part: SemSegPart, images: List[str], hint: str) -> List[str]:
+    """The images of ``part``'s split file, by their number (file name without suffix)."""
+    wanted = set(read_split_numbers(part.split_file, part.split_key, hint))
+    selected = []
+    for rel in images:
+        stem = os.path.basename(rel)[: -len(part.image_suffix)]
+        if stem.isdigit() and int(stem) in wanted:
+            selected.append(rel)
+    if len(selected) < len(wanted):
+        logger.warning(
+            "%s: %d of the %d images of %s are not under %s",
+            part.split_file, len(wanted) - len(selected), len(wanted), part.split_key,
+            part.image_dir,
+        )
+    return selected
+
+
 def _load_part(part: SemSegPart, hint: str) -> List[Dict]:
     if not os.path.isdir(part.image_dir):
         raise _missing(f"image folder {part.image_dir} does not exist.", hint)
     images = list_files(part.image_dir, part.image_suffix)
+    if part.split_file:
+        images = _select_split(part, images, hint)
     if not images:
         raise _missing(f"no images '*{part.image_suffix}' under {part.image_dir}.", hint)
     stems = [rel[: -len(part.image_suffix)] for rel in images]
@@ -142,7 +192,7 @@ def register_dg_sem_seg(
 def register_all_dg_sem_seg(root: str) -> None:
     """
     Register every semantic-segmentation name of :data:`layouts.SEM_SEG_SPLITS`: gta5_train,
-    synthia_train, cityscapes_{train,val,test}, bdd100k_{train,val}, mapillary_{train,val},
+    gta5_val, gta5_split_{train,test}, synthia_train, cityscapes_{train,val,test}, bdd100k_{train,val}, mapillary_{train,val},
     acdc_{train,val,test} and acdc_{fog,night,rain,snow}_{train,val,test}.
 
     Args:
