@@ -17,7 +17,7 @@ import os
 import sys
 
 from vlt_common.data.datasets import DATASET_DIRS, datasets_root
-from vlt_common.data.datasets.prepare import PREPARE_SPECS, prepare_labels
+from vlt_common.data.prepare.labels import PREPARE_SPECS, prepare_labels
 
 
 def build_parser():

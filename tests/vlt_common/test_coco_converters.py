@@ -10,10 +10,10 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from pycocotools.coco import COCO
 
-from vlt_common.data.conversion import write_json, write_png
+from vlt_common.utils.atomic import write_json, write_png
 from vlt_common.data.datasets import datasets_root, register_dg_coco
 from vlt_common.data.datasets.builtin_meta import THING_CLASSES
-from vlt_common.data.datasets.coco_converters import (
+from vlt_common.data.prepare.coco_converters import (
     convert_acdc,
     convert_bdd100k,
     convert_cityscapes,

@@ -8,7 +8,7 @@ import scipy.io
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from vlt_common.data.conversion import write_json, write_png
+from vlt_common.utils.atomic import write_json, write_png
 from vlt_common.data.datasets import (
     DET_SPLITS,
     SEM_SEG_SPLITS,

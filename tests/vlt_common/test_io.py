@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlt_common.data.conversion import write_png
+from vlt_common.utils.atomic import write_png
 from vlt_common.data.io import read_image, read_label_ids, read_sem_seg
 
 # The real Cityscapes frame lives beside the repository (CI clones it with shared/ next to it).

@@ -4,7 +4,7 @@ import pytest
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from cityscapesscripts.helpers.labels import name2label
 
-from vlt_common.data.conversion import IdMapper
+from vlt_common.data.prepare.conversion import IdMapper
 from vlt_common.data.datasets import builtin_meta as meta
 
 

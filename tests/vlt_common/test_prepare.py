@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlt_common.data.conversion import convert_label_maps, png_is_complete, write_png
+from vlt_common.data.prepare.conversion import convert_label_maps, png_is_complete
+from vlt_common.utils.atomic import write_png
 from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
-from vlt_common.data.datasets.prepare import label_jobs, prepare_labels, read_synthia_label
+from vlt_common.data.prepare.labels import label_jobs, prepare_labels, read_synthia_label
 from vlt_common.data.io import read_label_ids
 from tests.tool_loader import load_tool
 

@@ -1,6 +1,6 @@
 """Label preparation: which official label files each dataset converts to train-id PNGs, and how
 to read them. The conversion itself (parallel, atomic, resumable) is
-:func:`vlt_common.data.conversion.convert_label_maps`; the output folders and names are those the
+:func:`.conversion.convert_label_maps`; the output folders and names are those the
 registered datasets read (:data:`layouts.SEM_SEG_SPLITS`).
 
 BDD100K and ACDC ship train-id label maps and need no preparation.
@@ -14,16 +14,16 @@ from typing import Callable, List, Mapping, Tuple
 import numpy as np
 from torchvision.io import ImageReadMode, decode_png, read_file
 
-from ..conversion import ConversionSummary, convert_label_maps
+from .conversion import ConversionSummary, convert_label_maps
 from ..io import read_label_ids
-from .builtin_meta import (
+from ..datasets.builtin_meta import (
     CITYSCAPES_ID_TO_TRAIN_ID,
     GTA5_ID_TO_TRAIN_ID,
     MAPILLARY_ID_TO_TRAIN_ID,
     SYNTHIA_ID_TO_TRAIN_ID,
 )
-from .layouts import DATASET_DIRS, SEM_SEG_SPLITS, expected_tree
-from .sem_seg import list_files
+from ..datasets.layouts import DATASET_DIRS, SEM_SEG_SPLITS, expected_tree
+from ..datasets.sem_seg import list_files
 
 __all__ = ["PrepareSpec", "PREPARE_SPECS", "read_synthia_label", "label_jobs", "prepare_labels"]
 

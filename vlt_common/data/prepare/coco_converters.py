@@ -28,16 +28,16 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
-from ..conversion import parallel_imap
+from .conversion import parallel_imap
 from ..io import read_image
-from .builtin_meta import (
+from ..datasets.builtin_meta import (
     BDD100K_DET_IGNORED_AS,
     BDD100K_DET_TO_THING,
     CITYSCAPES_ID_TO_THING,
     THING_CLASSES,
 )
-from .layouts import ACDC_CONDITIONS
-from .sem_seg import list_files
+from ..datasets.layouts import ACDC_CONDITIONS
+from ..datasets.sem_seg import list_files
 
 __all__ = [
     "thing_categories",
