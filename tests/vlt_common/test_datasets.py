@@ -323,3 +323,18 @@ def test_gta5_official_split(registered_at, caplog):
         DatasetCatalog.get("gta5_val")
     assert f"split file {registered_at}/gta5/split.mat does not exist" in str(e.value)
     assert "split.mat                  the official train/val/test split" in str(e.value)
+
+
+def test_every_builtin_name_has_its_domain():
+    """The DG report names domains from metadata: every built-in dataset has one, and the ACDC
+    condition sets are their conditions (not "acdc_fog_val")."""
+    expected = {"gta5_val": "GTA5", "synthia_train": "SYNTHIA", "cityscapes_val": "Cityscapes",
+                "bdd100k_val": "BDD100K", "mapillary_val": "Mapillary", "acdc_val": "ACDC",
+                "cityscapes_det_val": "Cityscapes", "bdd100k_det_val": "BDD100K",
+                "acdc_det_val": "ACDC"}
+    for cond in CONDITIONS:
+        expected[f"acdc_{cond}_val"] = expected[f"acdc_det_{cond}_train"] = cond
+    for name, domain in expected.items():
+        assert MetadataCatalog.get(name).domain == domain, name
+    for name in list(SEM_SEG_SPLITS) + list(DET_SPLITS):
+        assert MetadataCatalog.get(name).domain, name

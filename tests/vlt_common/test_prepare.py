@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlt_common.data.prepare.conversion import convert_label_maps, png_is_complete
-from vlt_common.utils.atomic import write_png
-from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
-from vlt_common.data.prepare.labels import label_jobs, prepare_labels, read_synthia_label
-from vlt_common.data.io import read_label_ids
 from tests.tool_loader import load_tool
+from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
+from vlt_common.data.io import read_label_ids, read_synthia_label
+from vlt_common.data.prepare.conversion import convert_label_maps, png_is_complete
+from vlt_common.data.prepare.labels import label_jobs, prepare_labels
+from vlt_common.utils.atomic import write_png
 
 
 

@@ -11,14 +11,14 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
 from vlt_common.label_spaces import THING_CLASSES, THING_COLORS, canonical_class_name
 
-from .layouts import DET_SPLITS, expected_tree
+from .layouts import DET_SPLITS, domain_of, expected_tree
 
 __all__ = ["thing_index", "load_dg_coco", "register_dg_coco", "register_all_dg_detection"]
 
@@ -98,12 +98,19 @@ def load_dg_coco(
                 dropped[names.get(ann["category_id"], ann["category_id"])] += 1
         record["annotations"] = kept
     if dropped:
-        logger.info(f"{json_file}: dropped annotations outside the thing classes: {dict(dropped)}")
+        logger.info("%s: dropped annotations outside the thing classes: %s", json_file, dict(dropped))
     MetadataCatalog.get(dataset_name).thing_dataset_id_to_contiguous_id = id_map
     return dicts
 
 
-def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint: str = "") -> None:
+def register_dg_coco(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    missing_hint: str = "",
+    domain: Optional[str] = None,
+) -> None:
     """
     Register a COCO-format detection dataset in the 8-class label space (no file I/O).
 
@@ -115,6 +122,7 @@ def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint
         json_file (str): COCO instances json (boxes; masks optional).
         image_root (str): folder its image "file_name"s are relative to.
         missing_hint (str): text appended to the error when a file is missing.
+        domain (str or None): the domain it stands for in the DG report (metadata ``domain``).
     """
     DatasetCatalog.register(
         name, functools.partial(load_dg_coco, json_file, image_root, name, missing_hint)
@@ -126,6 +134,8 @@ def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint
         image_root=image_root,
         evaluator_type="coco",
     )
+    if domain is not None:
+        MetadataCatalog.get(name).domain = domain
 
 
 def register_all_dg_detection(root: str) -> None:
@@ -143,4 +153,5 @@ def register_all_dg_detection(root: str) -> None:
             os.path.join(root, json_file),
             os.path.join(root, image_root),
             missing_hint=expected_tree(dataset, root),
+            domain=domain_of(name),
         )

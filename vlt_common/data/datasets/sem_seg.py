@@ -7,12 +7,12 @@ datasets, prints the layout the dataset needs (:data:`layouts.EXPECTED_TREES`).
 import functools
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .builtin_meta import CITYSCAPES_19_CLASSES, CITYSCAPES_19_COLORS, IGNORE_LABEL
-from .layouts import SEM_SEG_SPLITS, SemSegPart, expected_tree
+from .layouts import SEM_SEG_SPLITS, SemSegPart, domain_of, expected_tree
 
 __all__ = ["list_files", "read_split_numbers", "load_dg_sem_seg", "register_dg_sem_seg", "register_all_dg_sem_seg"]
 
@@ -159,12 +159,16 @@ def load_dg_sem_seg(parts: Sequence[SemSegPart], missing_hint: str = "") -> List
                 f"image id {d['image_id']!r} is used by both {other} and {d['file_name']}"
             )
     folders = ", ".join(part.image_dir for part in parts)
-    logger.info(f"Loaded {len(dicts)} images from {folders}")
+    logger.info("Loaded %d images from %s", len(dicts), folders)
     return dicts
 
 
 def register_dg_sem_seg(
-    name: str, parts: Sequence[SemSegPart], *, missing_hint: str = ""
+    name: str,
+    parts: Sequence[SemSegPart],
+    *,
+    missing_hint: str = "",
+    domain: Optional[str] = None,
 ) -> None:
     """
     Register a semantic-segmentation dataset in the 19-class label space (no file I/O). Also
@@ -174,6 +178,8 @@ def register_dg_sem_seg(
         name (str): the dataset name, e.g. "cityscapes_val".
         parts (list[SemSegPart]): its folders (concatenated in order).
         missing_hint (str): text appended to the error when something is missing.
+        domain (str or None): the domain it stands for in the DG report (metadata ``domain``;
+            the report shows the dataset name when unset).
     """
     parts = list(parts)
     DatasetCatalog.register(name, functools.partial(load_dg_sem_seg, parts, missing_hint))
@@ -184,6 +190,8 @@ def register_dg_sem_seg(
         "evaluator_type": "dg_sem_seg",
         "image_root": os.path.commonpath([part.image_dir for part in parts]),
     }
+    if domain is not None:
+        metadata["domain"] = domain
     if all(part.label_dir for part in parts):
         metadata["sem_seg_root"] = os.path.commonpath([part.label_dir for part in parts])
     MetadataCatalog.get(name).set(**metadata)
@@ -200,4 +208,6 @@ def register_all_dg_sem_seg(root: str) -> None:
     """
     for name, (dataset, parts) in SEM_SEG_SPLITS.items():
         parts = [part.under(root) for part in parts]
-        register_dg_sem_seg(name, parts, missing_hint=expected_tree(dataset, root))
+        register_dg_sem_seg(
+            name, parts, missing_hint=expected_tree(dataset, root), domain=domain_of(name)
+        )

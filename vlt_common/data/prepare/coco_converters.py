@@ -107,8 +107,10 @@ def assemble_coco(records: Sequence[Record], description: str) -> Dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
         skipped.update(skipped_here)
     if skipped:
-        logger.info(f"{description}: skipped objects outside the 8 thing classes: {dict(skipped)}")
-    logger.info(f"{description}: {len(images)} images, {len(annotations)} annotations")
+        logger.info(
+            "%s: skipped objects outside the 8 thing classes: %s", description, dict(skipped)
+        )
+    logger.info("%s: %d images, %d annotations", description, len(images), len(annotations))
     return {
         "info": {"description": description, "thing_classes": list(THING_CLASSES)},
         "images": images,

@@ -198,7 +198,7 @@ def convert_label_maps(
         else:
             todo.append((src, dst))
     if summary.skipped:
-        logger.info(f"{desc}: {summary.skipped} outputs already exist and are kept")
+        logger.info("%s: %d outputs already exist and are kept", desc, summary.skipped)
     job = _LabelJob(reader=reader, mapper=IdMapper(id_to_train_id, ignore_label))
     for src, num_unknown in parallel_imap(job, todo, workers=workers, desc=desc, ordered=False):
         summary.written += 1
@@ -207,8 +207,9 @@ def convert_label_maps(
     if summary.unknown_ids:
         named = sorted(summary.unknown_ids.items())[:_MAX_FILES_IN_WARNING]
         logger.warning(
-            f"{desc}: {len(summary.unknown_ids)} label files contain ids outside the source label "
-            f"space (set to ignore {ignore_label}), e.g. "
-            + ", ".join(f"{path} ({count} pixels)" for path, count in named)
+            "%s: %d label files contain ids outside the source label space (set to ignore %d), "
+            "e.g. %s",
+            desc, len(summary.unknown_ids), ignore_label,
+            ", ".join(f"{path} ({count} pixels)" for path, count in named),
         )
     return summary

@@ -1,92 +1,23 @@
-"""Label preparation: which official label files each dataset converts to train-id PNGs, and how
-to read them. The conversion itself (parallel, atomic, resumable) is
-:func:`.conversion.convert_label_maps`; the output folders and names are those the
+"""Label preparation: the official label files of each dataset converted to train-id PNGs by the
+recipe of its descriptor (:class:`layouts.LabelRecipe`). The conversion itself (parallel, atomic,
+resumable) is :func:`.conversion.convert_label_maps`; the output folders and names are those the
 registered datasets read (:data:`layouts.SEM_SEG_SPLITS`).
 
 BDD100K and ACDC ship train-id label maps and need no preparation.
 """
-import dataclasses
-import logging
 import os
-import warnings
-from typing import Callable, List, Mapping, Tuple
+from typing import List, Tuple
 
-import numpy as np
-from torchvision.io import ImageReadMode, decode_png, read_file
-
-from .conversion import ConversionSummary, convert_label_maps
-from ..io import read_label_ids
-from ..datasets.builtin_meta import (
-    CITYSCAPES_ID_TO_TRAIN_ID,
-    GTA5_ID_TO_TRAIN_ID,
-    MAPILLARY_ID_TO_TRAIN_ID,
-    SYNTHIA_ID_TO_TRAIN_ID,
-)
-from ..datasets.layouts import DATASET_DIRS, SEM_SEG_SPLITS, expected_tree
+from ..datasets.layouts import BUILTIN_DATASETS, DATASET_DIRS, SEM_SEG_SPLITS, expected_tree
 from ..datasets.sem_seg import list_files
+from .conversion import ConversionSummary, convert_label_maps
 
-__all__ = ["PrepareSpec", "PREPARE_SPECS", "read_synthia_label", "label_jobs", "prepare_labels"]
-
-logger = logging.getLogger(__name__)
-
-
-def read_synthia_label(path: str) -> np.ndarray:
-    """
-    Read a SYNTHIA ``GT/LABELS`` file: a 16-bit PNG whose first channel is the class id (the
-    second is the instance id). PIL would truncate 16-bit colour PNGs to 8 bits, so torchvision
-    decodes it (its image codecs are deprecated in favour of torchcodec, which is not a
-    dependency; the deprecation notice is silenced here, where the call is deliberate).
-
-    Args:
-        path (str): the label file.
-
-    Returns:
-        np.ndarray: HxW uint16 class ids.
-
-    Raises:
-        ValueError: the file is missing or not a PNG; the message names it.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
-            label = decode_png(read_file(path), ImageReadMode.UNCHANGED)
-    except RuntimeError as e:
-        raise ValueError(f"cannot read SYNTHIA label {path}: {e}") from e
-    return label[0].numpy()
+__all__ = ["PREPARE_SPECS", "label_jobs", "prepare_labels"]
 
 
-@dataclasses.dataclass(frozen=True)
-class PrepareSpec:
-    """
-    How to prepare one dataset's labels.
-
-    Attributes:
-        splits (tuple[str]): registered names whose label maps this writes; their label folders
-            hold the sources and receive the outputs.
-        source_suffix (str): ending of the official label files, e.g. "_gtFine_labelIds.png".
-        id_to_train_id (dict[int, int]): the official ids -> train ids.
-        reader (callable): picklable ``reader(path) -> HxW ids`` for the official files.
-    """
-
-    splits: Tuple[str, ...]
-    source_suffix: str
-    id_to_train_id: Mapping[int, int]
-    reader: Callable[[str], np.ndarray] = read_label_ids
-
-
-# Cityscapes: the labels table of cityscapesscripts applied to the official *_gtFine_labelIds.png
-# gives the same train-id maps as its createTrainIdLabelImgs.py (which draws the polygons).
+# The label recipe of every built-in dataset that needs one (BDD100K and ACDC do not).
 PREPARE_SPECS = {
-    "gta5": PrepareSpec(("gta5_train",), ".png", GTA5_ID_TO_TRAIN_ID),
-    "synthia": PrepareSpec(
-        ("synthia_train",), ".png", SYNTHIA_ID_TO_TRAIN_ID, reader=read_synthia_label
-    ),
-    "cityscapes": PrepareSpec(
-        ("cityscapes_train", "cityscapes_val"), "_gtFine_labelIds.png", CITYSCAPES_ID_TO_TRAIN_ID
-    ),
-    "mapillary": PrepareSpec(
-        ("mapillary_train", "mapillary_val"), ".png", MAPILLARY_ID_TO_TRAIN_ID
-    ),
+    key: dataset.labels for key, dataset in BUILTIN_DATASETS.items() if dataset.labels
 }
 
 
