@@ -10,7 +10,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from pycocotools.coco import COCO
 
-from vlt_common.utils.atomic import write_json, write_png
+from tests.tool_loader import load_tool
 from vlt_common.data.datasets import datasets_root, register_dg_coco
 from vlt_common.data.datasets.builtin_meta import THING_CLASSES
 from vlt_common.data.prepare.coco_converters import (
@@ -18,7 +18,7 @@ from vlt_common.data.prepare.coco_converters import (
     convert_bdd100k,
     convert_cityscapes,
 )
-from tests.tool_loader import load_tool
+from vlt_common.utils.atomic import write_json, write_png
 
 # COCO category ids (1-based) of some thing classes.
 CAR, PERSON, RIDER, TRUCK = (

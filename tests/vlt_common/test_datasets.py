@@ -8,7 +8,6 @@ import scipy.io
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from vlt_common.utils.atomic import write_json, write_png
 from vlt_common.data.datasets import (
     DET_SPLITS,
     SEM_SEG_SPLITS,
@@ -21,6 +20,7 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES, THING_C
 from vlt_common.data.datasets.coco import register_all_dg_detection
 from vlt_common.data.datasets.sem_seg import register_all_dg_sem_seg
 from vlt_common.data.io import read_image, read_sem_seg
+from vlt_common.utils.atomic import write_json, write_png
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2].parent / "shared/data/cityscapes_sample"
 CONDITIONS = ("fog", "night", "rain", "snow")
@@ -93,7 +93,8 @@ def build_trees(root):
 
 
 def test_every_semantic_name_is_registered_with_metadata():
-    expected = {"gta5_train", "gta5_split_train", "gta5_val", "gta5_split_test", "synthia_train", "bdd100k_train", "bdd100k_val", "mapillary_train",
+    expected = {"gta5_train", "gta5_split_train", "gta5_val", "gta5_split_test", "synthia_train",
+                "bdd100k_train", "bdd100k_val", "mapillary_train",
                 "mapillary_val"}
     expected |= {f"cityscapes_{s}" for s in ("train", "val", "test")}
     expected |= {f"acdc_{s}" for s in ("train", "val", "test")}

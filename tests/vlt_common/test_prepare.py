@@ -16,7 +16,6 @@ from vlt_common.data.prepare.labels import label_jobs, prepare_labels
 from vlt_common.utils.atomic import write_png
 
 
-
 def _palette_png(path, ids):
     """An 8-bit palette PNG, like GTA5's and Mapillary's official label files."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from vlt_common.utils.atomic import write_json, write_png
 from vlt_common.data.io import read_image, read_sem_seg
+from vlt_common.utils.atomic import write_json, write_png
 
 from .visualize import sem_seg_panels
 

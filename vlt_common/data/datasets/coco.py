@@ -98,7 +98,9 @@ def load_dg_coco(
                 dropped[names.get(ann["category_id"], ann["category_id"])] += 1
         record["annotations"] = kept
     if dropped:
-        logger.info("%s: dropped annotations outside the thing classes: %s", json_file, dict(dropped))
+        logger.info(
+            "%s: dropped annotations outside the thing classes: %s", json_file, dict(dropped)
+        )
     MetadataCatalog.get(dataset_name).thing_dataset_id_to_contiguous_id = id_map
     return dicts
 

@@ -14,7 +14,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .builtin_meta import CITYSCAPES_19_CLASSES, CITYSCAPES_19_COLORS, IGNORE_LABEL
 from .layouts import SEM_SEG_SPLITS, SemSegPart, domain_of, expected_tree
 
-__all__ = ["list_files", "read_split_numbers", "load_dg_sem_seg", "register_dg_sem_seg", "register_all_dg_sem_seg"]
+__all__ = [
+    "list_files",
+    "read_split_numbers",
+    "load_dg_sem_seg",
+    "register_dg_sem_seg",
+    "register_all_dg_sem_seg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +206,9 @@ def register_dg_sem_seg(
 def register_all_dg_sem_seg(root: str) -> None:
     """
     Register every semantic-segmentation name of :data:`layouts.SEM_SEG_SPLITS`: gta5_train,
-    gta5_val, gta5_split_{train,test}, synthia_train, cityscapes_{train,val,test}, bdd100k_{train,val}, mapillary_{train,val},
-    acdc_{train,val,test} and acdc_{fog,night,rain,snow}_{train,val,test}.
+    gta5_val, gta5_split_{train,test}, synthia_train, cityscapes_{train,val,test},
+    bdd100k_{train,val}, mapillary_{train,val}, acdc_{train,val,test} and
+    acdc_{fog,night,rain,snow}_{train,val,test}.
 
     Args:
         root (str): the datasets root ($DETECTRON2_DATASETS).

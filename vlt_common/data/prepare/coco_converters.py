@@ -28,8 +28,6 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
-from .conversion import parallel_imap
-from ..io import read_image
 from ..datasets.builtin_meta import (
     BDD100K_DET_IGNORED_AS,
     BDD100K_DET_TO_THING,
@@ -38,6 +36,8 @@ from ..datasets.builtin_meta import (
 )
 from ..datasets.layouts import ACDC_CONDITIONS
 from ..datasets.sem_seg import list_files
+from ..io import read_image
+from .conversion import parallel_imap
 
 __all__ = [
     "thing_categories",
