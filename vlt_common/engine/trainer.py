@@ -199,18 +199,21 @@ class VLTTrainer(DefaultTrainer):
             )
         results, failed = OrderedDict(), OrderedDict()
         for idx, name in enumerate(datasets):
+            # A test set whose files are missing or broken fails here, alike on every rank, and
+            # must not lose the others' results. Errors inside inference (one rank's images) are
+            # not caught: the other ranks would wait in a collective that never comes.
             try:
                 evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(
                     cfg, name
                 )
                 loader = cls.build_test_loader(cfg, name)
-                results[name] = inference_on_dataset(model, loader, evaluator)
-            except Exception as e:  # one broken test set must not lose the others' results
+            except Exception as e:
                 if len(datasets) == 1:
                     raise
                 logger.exception("Evaluation of %s failed; continuing with the others", name)
                 failed[name] = f"{type(e).__name__}: {e}"
                 continue
+            results[name] = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", name)
                 print_csv_format(results[name])
