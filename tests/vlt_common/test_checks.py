@@ -48,6 +48,12 @@ def test_sizes_readability_and_emptiness(tmp_path):
         register_dg_coco("dgcheck_empty_coco", json_file, str(tmp_path))
     with pytest.raises(ValueError, match=r"'dgcheck_empty_coco' is empty \(json_file=\S*empty"):
         check_dataset("dgcheck_empty_coco")
+    # With a layout hint (every built-in name has its expected tree), the error prints it.
+    if "dgcheck_empty_hint" not in DatasetCatalog.list():
+        register_dg_coco("dgcheck_empty_hint", json_file, str(tmp_path),
+                         missing_hint="Expected layout under /data: my/tree")
+    with pytest.raises(ValueError, match=r"'dgcheck_empty_hint' is empty .*\nExpected layout"):
+        check_dataset("dgcheck_empty_hint")
     with pytest.raises(KeyError, match="'dgcheck_nowhere' is not registered"):
         check_dataset("dgcheck_nowhere")
 

@@ -46,7 +46,8 @@ def check_dataset(name):
         )
     dicts = DatasetCatalog.get(name)
     if not dicts:
-        raise ValueError(f"dataset {name!r} is empty ({_where(name)})")
+        layout = getattr(MetadataCatalog.get(name), "expected_layout", "")
+        raise ValueError(f"dataset {name!r} is empty ({_where(name)})\n{layout}".rstrip())
     first = dicts[0]
     image = read_image(first["file_name"])
     image_hw = tuple(image.shape[:2])

@@ -138,6 +138,8 @@ def register_dg_coco(
     )
     if domain is not None:
         MetadataCatalog.get(name).domain = domain
+    if missing_hint:
+        MetadataCatalog.get(name).expected_layout = missing_hint
 
 
 def register_all_dg_detection(root: str) -> None:

@@ -198,6 +198,8 @@ def register_dg_sem_seg(
     }
     if domain is not None:
         metadata["domain"] = domain
+    if missing_hint:
+        metadata["expected_layout"] = missing_hint
     if all(part.label_dir for part in parts):
         metadata["sem_seg_root"] = os.path.commonpath([part.label_dir for part in parts])
     MetadataCatalog.get(name).set(**metadata)
