@@ -17,13 +17,13 @@ import logging
 import os
 import sys
 
-from vlt_common.data.conversion import write_json
 from vlt_common.data.datasets import DATASET_DIRS, DET_SPLITS, datasets_root
-from vlt_common.data.datasets.coco_converters import (
+from vlt_common.data.prepare.coco_converters import (
     convert_acdc,
     convert_bdd100k,
     convert_cityscapes,
 )
+from vlt_common.utils.atomic import write_json
 
 DATASETS = ("cityscapes", "bdd100k", "acdc")
 

@@ -17,7 +17,7 @@ import os
 import sys
 
 from vlt_common.data.datasets import DATASET_DIRS, datasets_root
-from vlt_common.data.datasets.prepare import PREPARE_SPECS, prepare_labels
+from vlt_common.data.prepare.labels import PREPARE_SPECS, prepare_labels
 
 
 def build_parser():
@@ -37,7 +37,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    root = args.root or os.path.join(datasets_root(), DATASET_DIRS[args.dataset])
+    registered = os.path.abspath(os.path.join(datasets_root(), DATASET_DIRS[args.dataset]))
+    root = args.root or registered
     try:
         summary = prepare_labels(args.dataset, root, workers=args.workers)
     except (FileNotFoundError, ValueError) as e:
@@ -48,7 +49,21 @@ def main(argv=None):
         f"that already existed ({len(summary.unknown_ids)} sources had unknown ids) under "
         f"{os.path.abspath(root)}"
     )
+    if os.path.abspath(root) != registered:
+        print(registration_note(root, registered, DATASET_DIRS[args.dataset]))
     return 0
+
+
+def registration_note(root, registered, folder):
+    """How to make the registered datasets (which read ``$DETECTRON2_DATASETS/<folder>``) use
+    labels prepared under another ``--root``."""
+    root = os.path.abspath(root)
+    parent, name = os.path.split(root)
+    how = f"export DETECTRON2_DATASETS={parent}" if name == folder else f"ln -s {root} {registered}"
+    return (
+        f"note: the registered datasets read {registered} ($DETECTRON2_DATASETS/{folder}), not "
+        f"{root}; to train and evaluate on it: {how}"
+    )
 
 
 if __name__ == "__main__":

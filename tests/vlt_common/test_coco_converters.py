@@ -1,5 +1,6 @@
 """COCO converters: boxes, masks, categories, crowd flags and skipped classes, end to end."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -9,15 +10,15 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from pycocotools.coco import COCO
 
-from vlt_common.data.conversion import write_json, write_png
+from tests.tool_loader import load_tool
 from vlt_common.data.datasets import datasets_root, register_dg_coco
 from vlt_common.data.datasets.builtin_meta import THING_CLASSES
-from vlt_common.data.datasets.coco_converters import (
+from vlt_common.data.prepare.coco_converters import (
     convert_acdc,
     convert_bdd100k,
     convert_cityscapes,
 )
-from tests.tool_loader import load_tool
+from vlt_common.utils.atomic import write_json, write_png
 
 # COCO category ids (1-based) of some thing classes.
 CAR, PERSON, RIDER, TRUCK = (
@@ -252,3 +253,59 @@ def test_tool_acdc_and_bdd_outputs(tmp_path, capsys):
     assert tool.main(["bdd100k", "--root", str(bdd), "--splits", "val", "--overwrite",
                       "--workers", "1"]) == 0
     assert "images" in json.loads((bdd / "coco/instances_val.json").read_text())
+
+
+def test_tool_acdc_official_tree_with_the_readme_command(tmp_path, capsys, caplog):
+    """The README's command on the official gt_panoptic/*.json: an all-condition file, an
+    overlapping per-condition file, test_image_info.json (no annotations) and a clear-weather
+    reference image (*_ref split) -- every image converted once, nothing fails."""
+    import glob
+
+    acdc = tmp_path / "acdc"
+    all_conditions = _acdc_tree(acdc)
+    content = json.loads(all_conditions.read_text())
+    # The fog file repeats the fog image of the all-condition file.
+    fog = {"images": content["images"][:1], "annotations": content["annotations"][:1],
+           "categories": content["categories"]}
+    (acdc / "gt_panoptic/fog_val_panoptic.json").write_text(json.dumps(fog))
+    # A reference image (rgb_anon/<condition>/val_ref), listed with an empty annotation.
+    ref = "fog/val_ref/GOPR1/GOPR1_frame_000001_rgb_ref_anon.png"
+    write_png(str(acdc / "rgb_anon" / ref), np.zeros((16, 24, 3), np.uint8))
+    _panoptic_png(acdc / "gt_panoptic/fog/val_ref/GOPR1_ref_gt_panoptic.png", [])
+    content["images"].append({"id": 9, "file_name": ref, "height": 16, "width": 24})
+    content["annotations"].append(
+        {"image_id": 9, "file_name": "GOPR1_ref_gt_panoptic.png", "segments_info": []})
+    all_conditions.write_text(json.dumps(content))
+    # The test images' info file: images, no annotations.
+    test_image = "night/test/GOPR3/GOPR3_frame_000003_rgb_anon.png"
+    write_png(str(acdc / "rgb_anon" / test_image), np.zeros((16, 24, 3), np.uint8))
+    (acdc / "gt_panoptic/test_image_info.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": test_image, "height": 16, "width": 24}],
+         "categories": content["categories"]}))
+
+    tool = load_tool("convert_to_coco")
+    jsons = sorted(glob.glob(str(acdc / "gt_panoptic/*.json")))
+    assert len(jsons) == 3
+    with caplog.at_level(logging.INFO):
+        assert tool.main(["acdc", "--root", str(acdc), "--workers", "1",
+                          "--panoptic-json", *jsons]) == 0
+    assert sorted(p.name for p in (acdc / "coco").iterdir()) == [
+        "instances_fog_val.json", "instances_night_val.json", "instances_val.json"
+    ]
+    val = json.loads((acdc / "coco/instances_val.json").read_text())
+    assert [i["file_name"] for i in val["images"]] == [
+        "fog/val/GOPR1/GOPR1_frame_000001_rgb_anon.png",
+        "night/val/GOPR2/GOPR2_frame_000002_rgb_anon.png",
+    ]
+    assert len(val["annotations"]) == 4
+    fog_out = json.loads((acdc / "coco/instances_fog_val.json").read_text())
+    assert len(fog_out["images"]) == 1 and len(fog_out["annotations"]) == 2
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "test_image_info.json" in messages and "{'val_ref': 1}" in messages
+
+    # Two files that disagree on one image are an error naming both.
+    fog["annotations"][0]["segments_info"] = fog["annotations"][0]["segments_info"][:1]
+    (acdc / "gt_panoptic/fog_val_panoptic.json").write_text(json.dumps(fog))
+    assert tool.main(["acdc", "--root", str(acdc), "--overwrite", "--panoptic-json", *jsons]) == 1
+    assert "annotate fog/val/GOPR1/GOPR1_frame_000001_rgb_anon.png differently" in (
+        capsys.readouterr().err)

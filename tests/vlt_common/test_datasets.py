@@ -4,10 +4,10 @@ import pathlib
 
 import numpy as np
 import pytest
+import scipy.io
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from vlt_common.data.conversion import write_json, write_png
 from vlt_common.data.datasets import (
     DET_SPLITS,
     SEM_SEG_SPLITS,
@@ -20,6 +20,7 @@ from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES, THING_C
 from vlt_common.data.datasets.coco import register_all_dg_detection
 from vlt_common.data.datasets.sem_seg import register_all_dg_sem_seg
 from vlt_common.data.io import read_image, read_sem_seg
+from vlt_common.utils.atomic import write_json, write_png
 
 SAMPLE = pathlib.Path(__file__).resolve().parents[2].parent / "shared/data/cityscapes_sample"
 CONDITIONS = ("fog", "night", "rain", "snow")
@@ -68,6 +69,11 @@ def build_trees(root):
         # The official id map next to it must not be taken for an image's label.
         _label(root / f"gta5/labels/{i:05d}.png")
         _pair(root, f"synthia/RGB/{i:07d}.png", f"synthia/GT/LABELS/{i:07d}_labelTrainIds.png")
+    # GTA5's official split, 1-based image numbers as column vectors (image 3 is not there).
+    scipy.io.savemat(root / "gta5/split.mat", {
+        "trainIds": np.array([[1]]), "valIds": np.array([[2]]), "testIds": np.array([[2], [3]])
+    })
+    for i in (1, 2):
         for split in ("train", "val", "test"):
             stem = f"{split}city/{split}city_00000{i}_000019"
             label = f"cityscapes/gtFine/{split}/{stem}_gtFine_labelTrainIds.png"
@@ -87,7 +93,8 @@ def build_trees(root):
 
 
 def test_every_semantic_name_is_registered_with_metadata():
-    expected = {"gta5_train", "synthia_train", "bdd100k_train", "bdd100k_val", "mapillary_train",
+    expected = {"gta5_train", "gta5_split_train", "gta5_val", "gta5_split_test", "synthia_train",
+                "bdd100k_train", "bdd100k_val", "mapillary_train",
                 "mapillary_val"}
     expected |= {f"cityscapes_{s}" for s in ("train", "val", "test")}
     expected |= {f"acdc_{s}" for s in ("train", "val", "test")}
@@ -99,7 +106,8 @@ def test_every_semantic_name_is_registered_with_metadata():
         assert meta.stuff_classes == CITYSCAPES_19_CLASSES and len(meta.stuff_colors) == 19
         assert meta.ignore_label == 255 and meta.evaluator_type == "dg_sem_seg"
         assert meta.image_root.startswith(datasets_root())
-        assert hasattr(meta, "sem_seg_root") == (not name.endswith("_test"))
+        public_labels = name == "gta5_split_test" or not name.endswith("_test")
+        assert hasattr(meta, "sem_seg_root") == public_labels
 
 
 def test_every_detection_name_is_registered_with_metadata():
@@ -117,13 +125,15 @@ def test_dataset_dicts_of_every_name(registered_at):
     for name in SEM_SEG_SPLITS:
         dicts = DatasetCatalog.get(name)
         expected_len = 8 if name in ("acdc_train", "acdc_val", "acdc_test") else 2
+        expected_len = 1 if name in ("gta5_split_train", "gta5_val", "gta5_split_test") else (
+            expected_len)
         assert len(dicts) == expected_len, name
         for d in dicts:
             assert os.path.isfile(d["file_name"]) and d["file_name"].startswith(str(registered_at))
             base = os.path.basename(d["file_name"])
             suffix = next(s for s in IMAGE_SUFFIXES if base.endswith(s))
             assert d["image_id"] == base[: -len(suffix)]
-            if name.endswith("_test"):
+            if name.endswith("_test") and not name.startswith("gta5"):
                 assert set(d) == {"file_name", "image_id"}
             else:
                 assert set(d) == {"file_name", "image_id", "sem_seg_file_name"}
@@ -280,3 +290,52 @@ def test_real_cityscapes_frame_through_registration(registered_at):
     labels = read_sem_seg(d["sem_seg_file_name"], 19, expected_hw=pixels.shape[:2])
     assert pixels.shape == (1024, 2048, 3) and labels.shape == (1024, 2048)
     assert np.count_nonzero(labels == 0) > 100_000  # plenty of road
+
+
+def test_label_spaces_import_registers_nothing():
+    """The class tables a model reads (VLTSeg's default class names) come without the data stack:
+    importing them registers no dataset and imports neither vlt_common.data nor detectron2.data."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from vlt_common.label_spaces import CITYSCAPES_19_CLASSES as c; "
+        "assert len(c) == 19 and c[13] == 'car'; "
+        "print(sorted(m for m in sys.modules if m.startswith(('vlt_common.data', "
+        "'detectron2.data'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_gta5_official_split(registered_at, caplog):
+    """gta5_val holds the images of split.mat's valIds; a missing split.mat is a clear error."""
+    build_trees(registered_at)
+    assert [d["image_id"] for d in DatasetCatalog.get("gta5_val")] == ["00002"]
+    assert [d["image_id"] for d in DatasetCatalog.get("gta5_split_train")] == ["00001"]
+    with caplog.at_level("WARNING"):
+        assert [d["image_id"] for d in DatasetCatalog.get("gta5_split_test")] == ["00002"]
+    assert any("1 of the 2 images of testIds" in r.getMessage() for r in caplog.records)
+    assert len(DatasetCatalog.get("gta5_train")) == 2  # the DG protocol trains on all images
+    os.remove(registered_at / "gta5/split.mat")
+    with pytest.raises(FileNotFoundError) as e:
+        DatasetCatalog.get("gta5_val")
+    assert f"split file {registered_at}/gta5/split.mat does not exist" in str(e.value)
+    assert "split.mat                  the official train/val/test split" in str(e.value)
+
+
+def test_every_builtin_name_has_its_domain():
+    """The DG report names domains from metadata: every built-in dataset has one, and the ACDC
+    condition sets are their conditions (not "acdc_fog_val")."""
+    expected = {"gta5_val": "GTA5", "synthia_train": "SYNTHIA", "cityscapes_val": "Cityscapes",
+                "bdd100k_val": "BDD100K", "mapillary_val": "Mapillary", "acdc_val": "ACDC",
+                "cityscapes_det_val": "Cityscapes", "bdd100k_det_val": "BDD100K",
+                "acdc_det_val": "ACDC"}
+    for cond in CONDITIONS:
+        expected[f"acdc_{cond}_val"] = expected[f"acdc_det_{cond}_train"] = cond
+    for name, domain in expected.items():
+        assert MetadataCatalog.get(name).domain == domain, name
+    for name in list(SEM_SEG_SPLITS) + list(DET_SPLITS):
+        assert MetadataCatalog.get(name).domain, name

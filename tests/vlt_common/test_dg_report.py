@@ -181,3 +181,75 @@ def test_synthdg_domains_through_the_evaluator_and_report(tmp_path):
     assert 0 < fog["rPD"]["mIoU"] < 20
     overlays = os.path.join(cfg.OUTPUT_DIR, "inference", "synthdg_t_eval_fog_val", "overlays")
     assert sorted(os.listdir(overlays)) == ["00000.png", "00001.png"]
+
+
+def test_failed_dataset_and_miou_convention_are_named(tmp_path, caplog):
+    """One test set that failed at evaluation time: the report is written for the others and
+    names the failure; the mIoU convention is stated in the tables and the json."""
+    results = _sem_results()
+    del results["dgrep_night"]
+    with caplog.at_level(logging.INFO, logger="vlt_common.evaluation.dg_report"):
+        write_dg_report(
+            results, source_dataset="dgrep_src", output_dir=str(tmp_path),
+            failed={"dgrep_night": "FileNotFoundError: no images under /x/night"},
+            miou_convention="zero",
+        )
+    with open(tmp_path / "dg_report.json") as f:
+        saved = json.load(f)
+    assert saved["failed"] == {"dgrep_night": "FileNotFoundError: no images under /x/night"}
+    assert saved["targets"] == ["dgrep_fog"]
+    assert saved["miou_convention"].startswith("zero: a class absent from the ground truth but")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "FAILED, not evaluated: dgrep_night: FileNotFoundError: no images under /x/night" in text
+    assert "mIoU convention zero:" in text
+
+
+class _Constant(torch.nn.Module):
+    def forward(self, inputs):
+        return [{"value": torch.tensor(float(x["value"]))} for x in inputs]
+
+
+class _MeanEvaluator:
+    """A stand-in evaluator: reports the mean of the model's outputs as "mIoU"."""
+
+    def reset(self):
+        self.values = []
+
+    def process(self, inputs, outputs):
+        self.values += [float(o["value"]) for o in outputs]
+
+    def evaluate(self):
+        return {"sem_seg": {"mIoU": float(np.mean(self.values)), "pACC": 50.0}}
+
+
+def test_trainer_test_reports_the_others_when_one_dataset_fails(tmp_path):
+    from vlt_common.engine import VLTTrainer
+
+    class Trainer(VLTTrainer):
+        @classmethod
+        def build_test_loader(cls, cfg, name):
+            if name == "dgtrain_broken":
+                raise FileNotFoundError("image folder /data/broken does not exist.")
+            return [[{"value": 40.0}], [{"value": 20.0 if name == "dgtrain_tgt" else 60.0}]]
+
+        @classmethod
+        def build_evaluator(cls, cfg, name, output_folder=None):
+            return _MeanEvaluator()
+
+    cfg = get_cfg()
+    add_vlt_common_config(cfg)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.DATASETS.TEST = ("dgtrain_src", "dgtrain_broken", "dgtrain_tgt")
+    results = Trainer.test(cfg, _Constant())
+    assert results["dgtrain_src"]["sem_seg"]["mIoU"] == 50.0
+    assert "dgtrain_broken" not in results
+    with open(tmp_path / "dg_report.json") as f:
+        saved = json.load(f)
+    assert saved["failed"] == {
+        "dgtrain_broken": "FileNotFoundError: image folder /data/broken does not exist."
+    }
+    assert saved["tasks"]["sem_seg"]["datasets"]["dgtrain_tgt"]["rPD"]["mIoU"] == 60.0
+    assert saved["miou_convention"].startswith("nan:")
+    cfg.DATASETS.TEST = ("dgtrain_broken",)
+    with pytest.raises(FileNotFoundError, match="/data/broken"):
+        Trainer.test(cfg, _Constant())

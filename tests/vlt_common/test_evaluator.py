@@ -9,16 +9,17 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from vlt_common.config import add_vlt_common_config
 from vlt_common.evaluation import (
+    DGCOCOEvaluator,
     DGSemSegEvaluator,
     build_evaluator,
     confusion_matrix,
     reduce_confusion_matrices,
+    sem_seg_metrics,
     sem_seg_panels,
 )
 
@@ -98,7 +99,11 @@ def test_metrics_against_hand_computed_values(pairs, caplog):
 
 def test_bad_predictions_name_the_file(pairs):
     evaluator = DGSemSegEvaluator(_register_meta("dgtest_sem"), distributed=False)
-    with pytest.raises(ValueError, match="img1_label.png"):
+    # A prediction of the wrong size: the image is named with the prediction's size, the label
+    # map with its own (the image itself is 4x6, like its label map).
+    match = r"prediction for image \S*img1.png has size \(h, w\)=\(3, 6\) but its label map " \
+        r"\S*img1_label.png has \(h, w\)=\(4, 6\)"
+    with pytest.raises(ValueError, match=match):
         evaluator.process([pairs[0]], [{"sem_seg": _scores(PRED1[:3])}])
     with pytest.raises(ValueError, match=r"img1.png has shape \(3, 4, 6\)"):
         evaluator.process([pairs[0]], [{"sem_seg": _scores(PRED1)[:3]}])
@@ -166,10 +171,67 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
         DatasetCatalog.register(name, lambda: [record])
         MetadataCatalog.get(name).set(thing_classes=["car"], evaluator_type="coco")
     det = build_evaluator(cfg, name, str(tmp_path / "det"))
-    assert isinstance(det, COCOEvaluator) and det._use_fast_impl is False
+    assert isinstance(det, DGCOCOEvaluator)
 
     MetadataCatalog.get("dgtest_odd_type").set(evaluator_type="cityscapes_panoptic")
     with pytest.raises(ValueError, match="evaluator_type 'cityscapes_panoptic', which VLT"):
         build_evaluator(cfg, "dgtest_odd_type")
     with pytest.raises(ValueError, match="'dgtest_never_registered' has no evaluator_type"):
         build_evaluator(cfg, "dgtest_never_registered")
+
+
+def test_miou_conventions_against_cityscapesscripts():
+    """TEST.MIOU_ABSENT_CLASSES "zero" equals cityscapesscripts' mIoU (a class absent from the
+    ground truth but predicted counts as 0); "nan" (Detectron2) leaves it out and is higher."""
+    import types
+
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    from vlt_common.label_spaces import CITYSCAPES_19_CLASSES
+
+    rng = np.random.default_rng(0)
+    # Ground truth uses classes 0..9 and ignore; predictions also hit 10..13 (absent classes).
+    gt = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 255], size=(40, 50))
+    noise = rng.integers(0, 14, gt.shape)
+    pred = np.where(rng.uniform(size=gt.shape) < 0.7, np.minimum(gt, 18), noise)
+    conf = confusion_matrix(gt, pred, 19)
+
+    args = types.SimpleNamespace()
+    cs_conf = cs_eval.generateMatrix(args)
+    valid = gt != 255
+    for g, p in zip(gt[valid], pred[valid]):
+        cs_conf[trainId2label[g].id, trainId2label[p].id] += 1
+    scores = {
+        label.name: cs_eval.getIouScoreForLabel(label.id, cs_conf, args)
+        for label in (trainId2label[t] for t in range(19))
+    }
+    official = 100 * cs_eval.getScoreAverage(scores, args)
+
+    zero = sem_seg_metrics(conf, CITYSCAPES_19_CLASSES, "zero")
+    nan = sem_seg_metrics(conf, CITYSCAPES_19_CLASSES, "nan")
+    assert zero["mIoU"] == pytest.approx(official, abs=1e-9)
+    for name in CITYSCAPES_19_CLASSES:
+        expected = 100 * scores[name]
+        assert (np.isnan(zero[f"IoU-{name}"]) and np.isnan(expected)) or zero[
+            f"IoU-{name}"] == pytest.approx(expected, abs=1e-9), name
+    # Classes 10..13 were predicted without ground truth: 0 in the official mean, out in "nan".
+    assert zero["IoU-sky"] == 0.0 and np.isnan(nan["IoU-sky"]) and np.isnan(zero["IoU-train"])
+    present = [scores[c] for c in CITYSCAPES_19_CLASSES[:10]]
+    assert nan["mIoU"] == pytest.approx(100 * np.mean(present))
+    assert nan["mIoU"] > zero["mIoU"] + 1
+    with pytest.raises(ValueError, match="TEST.MIOU_ABSENT_CLASSES is 'skip'"):
+        sem_seg_metrics(conf, CITYSCAPES_19_CLASSES, "skip")
+
+
+def test_build_evaluator_reads_the_miou_convention(tmp_path, pairs):
+    cfg = _cfg(tmp_path)
+    cfg.TEST.MIOU_ABSENT_CLASSES = "zero"
+    evaluator = build_evaluator(cfg, _register_meta("dgtest_sem"))
+    evaluator._distributed = False
+    for inp, pred in zip(pairs, (PRED1, PRED2)):
+        evaluator.process([inp], [{"sem_seg": _scores(pred)}])
+    res = evaluator.evaluate()["sem_seg"]
+    # Class "d" is predicted but never in the ground truth: IoU 0, in the mean.
+    assert res["IoU-d"] == 0.0
+    assert res["mIoU"] == pytest.approx(100 * np.mean([6 / 11, 8 / 11, 3 / 4, 0]))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlt_common.data.conversion import write_png
 from vlt_common.data.io import read_image, read_label_ids, read_sem_seg
+from vlt_common.utils.atomic import write_png
 
 # The real Cityscapes frame lives beside the repository (CI clones it with shared/ next to it).
 SAMPLE = pathlib.Path(__file__).resolve().parents[2].parent / "shared/data/cityscapes_sample"

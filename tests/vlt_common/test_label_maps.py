@@ -4,8 +4,8 @@ import pytest
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from cityscapesscripts.helpers.labels import name2label
 
-from vlt_common.data.conversion import IdMapper
 from vlt_common.data.datasets import builtin_meta as meta
+from vlt_common.data.prepare.conversion import IdMapper
 
 
 def _train_id(name):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlt_common.data.conversion import convert_label_maps, png_is_complete, write_png
-from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
-from vlt_common.data.datasets.prepare import label_jobs, prepare_labels, read_synthia_label
-from vlt_common.data.io import read_label_ids
 from tests.tool_loader import load_tool
-
+from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
+from vlt_common.data.io import read_label_ids, read_synthia_label
+from vlt_common.data.prepare.conversion import convert_label_maps, png_is_complete
+from vlt_common.data.prepare.labels import label_jobs, prepare_labels
+from vlt_common.utils.atomic import write_png
 
 
 def _palette_png(path, ids):
@@ -176,6 +176,20 @@ def test_missing_folders_name_the_path(tmp_path):
         prepare_labels("bdd100k", str(tmp_path))
 
 
+def test_mapillary_v2_layout_gets_the_hint(tmp_path):
+    """A Vistas v2.0 download keeps the v1.2 labels one level deeper: the error says where."""
+    mv = tmp_path / "mapillary_vistas"
+    for folder in ("training", "validation"):
+        _palette_png(mv / f"{folder}/v1.2/labels/x.png", np.zeros((2, 2)))
+        _palette_png(mv / f"{folder}/v2.0/labels/x.png", np.zeros((2, 2)))
+    with pytest.raises(FileNotFoundError) as e:
+        prepare_labels("mapillary", str(mv))
+    assert "training/labels does not exist" in str(e.value)
+    assert "v2.0 download keeps the v1.2 labels in {training,validation}/v1.2/labels" in str(
+        e.value
+    )
+
+
 def test_prepare_tool(tmp_path, capsys):
     tool = load_tool("prepare_dg_datasets")
     root = _gta5_tree(tmp_path / "gta5", n=2)
@@ -185,3 +199,20 @@ def test_prepare_tool(tmp_path, capsys):
     assert "kept 2" in capsys.readouterr().out
     assert tool.main(["cityscapes", "--root", str(tmp_path / "none"), "--workers", "1"]) == 1
     assert "none/gtFine/train does not exist" in capsys.readouterr().err
+
+
+def test_prepare_tool_custom_root_says_how_to_register(tmp_path, capsys, monkeypatch):
+    """Registration reads $DETECTRON2_DATASETS/<folder>: a --root elsewhere gets the fix."""
+    tool = load_tool("prepare_dg_datasets")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "registered"))
+    root = _gta5_tree(tmp_path / "elsewhere/gta5", n=1)
+    assert tool.main(["gta5", "--root", str(root), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"registered datasets read {tmp_path}/registered/gta5" in out
+    assert f"export DETECTRON2_DATASETS={tmp_path}/elsewhere" in out
+    other = _gta5_tree(tmp_path / "my_gta", n=1)
+    assert tool.main(["gta5", "--root", str(other), "--workers", "1"]) == 0
+    assert f"ln -s {other} {tmp_path}/registered/gta5" in capsys.readouterr().out
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
+    assert tool.main(["gta5", "--root", str(root), "--workers", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -84,7 +84,8 @@ def test_gta5_recipe():
     sw = cfg.TEST.SLIDING_WINDOW
     assert sw.ENABLED and tuple(sw.CROP_SIZE) == (512, 512) and tuple(sw.STRIDE) == (426, 426)
     assert cfg.DATASETS.TRAIN == ("gta5_train",)
-    assert cfg.DATASETS.TEST == ("cityscapes_val", "bdd100k_val", "mapillary_val")
+    assert cfg.DATASETS.TEST == ("gta5_val", "cityscapes_val", "bdd100k_val", "mapillary_val")
+    assert cfg.TEST.MIOU_ABSENT_CLASSES == "zero"
     assert cfg.INPUT.FORMAT == "RGB"
     # CLIP's mean and std, RGB order, 0-255 scale.
     torch.testing.assert_close(

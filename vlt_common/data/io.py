@@ -6,13 +6,15 @@ the same way everywhere: unreadable or mismatched files raise a ``ValueError`` n
 out-of-range label ids become the ignore label and are counted in a warning naming the file.
 """
 import logging
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 from detectron2.data import detection_utils
 from PIL import Image
+from torchvision.io import ImageReadMode, decode_png, read_file
 
-__all__ = ["read_image", "read_label_ids", "read_sem_seg"]
+__all__ = ["read_image", "read_label_ids", "read_sem_seg", "read_synthia_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +122,36 @@ def read_sem_seg(
     if num_outside:
         values = np.unique(ids[outside])
         logger.warning(
-            f"{path}: {num_outside} pixels have label ids outside 0..{num_classes - 1} "
-            f"(values {values[:10].tolist()}{' ...' if len(values) > 10 else ''}); "
-            f"they are set to ignore ({ignore_label})"
+            "%s: %d pixels have label ids outside 0..%d (values %s%s); they are set to ignore "
+            "(%d)",
+            path, num_outside, num_classes - 1, values[:10].tolist(),
+            " ..." if len(values) > 10 else "", ignore_label,
         )
         ids = np.where(outside, ignore_label, ids)
     fits_uint8 = num_classes <= 256 and 0 <= ignore_label <= 255
     return ids.astype(np.uint8) if fits_uint8 else ids
+
+
+def read_synthia_label(path: str) -> np.ndarray:
+    """
+    Read a SYNTHIA ``GT/LABELS`` file: a 16-bit PNG whose first channel is the class id (the
+    second is the instance id). PIL would truncate 16-bit colour PNGs to 8 bits, so torchvision
+    decodes it (its image codecs are deprecated in favour of torchcodec, which is not a
+    dependency; the deprecation notice is silenced here, where the call is deliberate).
+
+    Args:
+        path (str): the label file.
+
+    Returns:
+        np.ndarray: HxW uint16 class ids.
+
+    Raises:
+        ValueError: the file is missing or not a PNG; the message names it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+            label = decode_png(read_file(path), ImageReadMode.UNCHANGED)
+    except RuntimeError as e:
+        raise ValueError(f"cannot read SYNTHIA label {path}: {e}") from e
+    return label[0].numpy()

@@ -26,6 +26,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from vlt_common.data.checks import check_datasets
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine.checkpoint import AtomicCheckpointer
 from vlt_common.utils.model_stats import parameter_table
@@ -107,6 +108,7 @@ class VLTTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        check_datasets(cfg)  # fail fast: every train and test dataset readable, before any work
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -195,21 +197,38 @@ class VLTTrainer(DefaultTrainer):
             raise ValueError(
                 f"{len(evaluators)} evaluators given for {len(datasets)} datasets in DATASETS.TEST"
             )
-        results = OrderedDict()
+        results, failed = OrderedDict(), OrderedDict()
         for idx, name in enumerate(datasets):
-            evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
-            results[name] = inference_on_dataset(model, cls.build_test_loader(cfg, name), evaluator)
+            # A test set whose files are missing or broken fails here, alike on every rank, and
+            # must not lose the others' results. Errors inside inference (one rank's images) are
+            # not caught: the other ranks would wait in a collective that never comes.
+            try:
+                evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(
+                    cfg, name
+                )
+                loader = cls.build_test_loader(cfg, name)
+            except Exception as e:
+                if len(datasets) == 1:
+                    raise
+                logger.exception("Evaluation of %s failed; continuing with the others", name)
+                failed[name] = f"{type(e).__name__}: {e}"
+                continue
+            results[name] = inference_on_dataset(model, loader, evaluator)
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", name)
                 print_csv_format(results[name])
+        if not results:
+            raise RuntimeError(f"every test dataset failed to evaluate: {dict(failed)}")
         if comm.is_main_process() and len(datasets) > 1:
-            results[DG_RESULTS_KEY] = cls.write_report(cfg, results)
+            results[DG_RESULTS_KEY] = cls.write_report(cfg, results, failed)
         return results
 
     @staticmethod
-    def write_report(cfg, results):
+    def write_report(cfg, results, failed=None):
         """
-        Write the DG report (table, ``dg_report.json``, ``dg_report.png``) into ``OUTPUT_DIR``.
+        Write the DG report (table, ``dg_report.json``, ``dg_report.png``) into ``OUTPUT_DIR``,
+        naming the test datasets whose evaluation ``failed`` (name -> why) and the mIoU
+        convention ``TEST.MIOU_ABSENT_CLASSES``.
 
         Returns:
             dict[str, float]: the flat summary stored with the other results.
@@ -217,5 +236,11 @@ class VLTTrainer(DefaultTrainer):
         from vlt_common.evaluation import write_dg_report
 
         source = cfg.TEST.DG.SOURCE_DATASET or cfg.DATASETS.TEST[0]
-        report = write_dg_report(results, source_dataset=source, output_dir=cfg.OUTPUT_DIR)
+        report = write_dg_report(
+            results,
+            source_dataset=source,
+            output_dir=cfg.OUTPUT_DIR,
+            failed=failed,
+            miou_convention=cfg.TEST.MIOU_ABSENT_CLASSES,
+        )
         return report["summary"]

@@ -1,6 +1,7 @@
 """Multi-domain evaluation: the semantic-segmentation evaluator, the evaluator builder keyed on
 ``evaluator_type``, the DG report (per-domain metrics, mean over targets, rPD) and overlays."""
 from .build import EVALUATOR_REGISTRY, build_evaluator
+from .coco_evaluator import DGCOCOEvaluator
 from .dg_report import build_dg_report, relative_performance, write_dg_report
 from .sem_seg_evaluator import (
     DGSemSegEvaluator,
@@ -12,6 +13,7 @@ from .visualize import colorize_sem_seg, sem_seg_panels
 
 __all__ = [
     "EVALUATOR_REGISTRY",
+    "DGCOCOEvaluator",
     "DGSemSegEvaluator",
     "build_dg_report",
     "build_evaluator",

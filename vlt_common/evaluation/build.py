@@ -2,9 +2,9 @@
 import os
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.registry import Registry
 
+from .coco_evaluator import DGCOCOEvaluator
 from .sem_seg_evaluator import DGSemSegEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
@@ -21,22 +21,24 @@ A registered object is named after the ``evaluator_type`` it serves, is called a
 
 @EVALUATOR_REGISTRY.register()
 def dg_sem_seg(cfg, dataset_name, output_folder):
-    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays, at half resolution for the
-    datasets in ``TEST.DG.HALF_RESOLUTION_DATASETS``."""
+    """:class:`DGSemSegEvaluator` with ``TEST.DG.NUM_VIS`` overlays, the mIoU convention
+    ``TEST.MIOU_ABSENT_CLASSES``, at half resolution for the datasets in
+    ``TEST.DG.HALF_RESOLUTION_DATASETS``."""
     return DGSemSegEvaluator(
         dataset_name,
         output_dir=output_folder,
         num_vis=cfg.TEST.DG.NUM_VIS,
         distributed=True,
         half_resolution=dataset_name in cfg.TEST.DG.HALF_RESOLUTION_DATASETS,
+        absent_classes=cfg.TEST.MIOU_ABSENT_CLASSES,
     )
 
 
 @EVALUATOR_REGISTRY.register()
 def coco(cfg, dataset_name, output_folder):
-    """Detectron2's ``COCOEvaluator`` with the official (pure Python) COCO API."""
-    # The compiled fast COCOeval is not available with the repackaged Detectron2 wheel.
-    return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+    """:class:`DGCOCOEvaluator`: the official (pure Python) COCO API on the classes the dataset's
+    COCO file shares with the model, matched by name."""
+    return DGCOCOEvaluator(dataset_name, output_dir=output_folder, distributed=True)
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
@@ -44,7 +46,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     Build the evaluator of one test dataset.
 
     Args:
-        cfg (CfgNode): reads ``TEST.DG.NUM_VIS`` (and ``OUTPUT_DIR`` for the default folder).
+        cfg (CfgNode): reads ``TEST.DG.NUM_VIS``, ``TEST.MIOU_ABSENT_CLASSES`` (and
+            ``OUTPUT_DIR`` for the default folder).
         dataset_name (str): a registered dataset whose metadata has ``evaluator_type``
             ("dg_sem_seg" or "coco", or any type added to ``EVALUATOR_REGISTRY``).
         output_folder (str or None): where the evaluator writes; default

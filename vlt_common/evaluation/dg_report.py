@@ -20,6 +20,7 @@ from tabulate import tabulate
 from vlt_common.utils.atomic import atomic_write_bytes
 
 from .plot import plot_dg_report
+from .sem_seg_evaluator import MIOU_CONVENTIONS
 
 __all__ = [
     "TASKS",
@@ -79,7 +80,7 @@ def _nanmean(values):
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def build_dg_report(results, source_dataset=None):
+def build_dg_report(results, source_dataset=None, *, failed=None, miou_convention=None):
     """
     Compute the report (no I/O).
 
@@ -87,14 +88,19 @@ def build_dg_report(results, source_dataset=None):
         results (dict): dataset name -> evaluator results ``{task: {metric: value}}``.
         source_dataset (str or None): the source domain's test set (the rPD denominator);
             None or "" takes the first dataset.
+        failed (dict or None): dataset name -> why its evaluation failed; named in the report
+            (a failed source leaves rPD undefined).
+        miou_convention (str or None): the mIoU convention of the sem_seg results, "nan" or
+            "zero" (``TEST.MIOU_ABSENT_CLASSES``), stated in the report.
 
     Returns:
         dict: {"source": name, "targets": [names], "rPD_definition": str,
         "tasks": {task: {"metric": primary, "datasets": {name: entry}, "mean_target": entry}},
-        "summary": {...}} where an entry is {"domain", "metrics", "rPD", "per_class"} and
-        "summary" is a flat dict of floats: "mean_target", "source" and "rPD" of the first
-        task's primary metric, and "<task>/<metric>/mean_target" and "<task>/<metric>/rPD"
-        for every task and headline metric.
+        "summary": {...}, "failed": {name: why}, "miou_convention": str (when given)} where an
+        entry is {"domain", "metrics", "rPD", "per_class"} and "summary" is a flat dict of
+        floats: "mean_target", "source" and "rPD" of the first task's primary metric, and
+        "<task>/<metric>/mean_target" and "<task>/<metric>/rPD" for every task and headline
+        metric.
     """
     flat = [k for k in results if k in TASKS]
     if flat:
@@ -102,20 +108,26 @@ def build_dg_report(results, source_dataset=None):
             f"results look like one dataset's results (keys {flat}); write_dg_report needs "
             "{dataset_name: {task: metrics}} for every test dataset"
         )
+    failed = dict(failed or {})
     datasets = [name for name, res in results.items() if isinstance(res, dict) and res]
     if not datasets:
         raise ValueError(f"no dataset results to report (got keys {list(results)})")
     source = source_dataset or datasets[0]
-    if source not in results:
+    if source not in results and source not in failed:
         raise KeyError(f"source dataset {source!r} is not among the evaluated datasets {datasets}")
     targets = [name for name in datasets if name != source]
     report = {"source": source, "targets": targets, "rPD_definition": RPD_DEFINITION, "tasks": {}}
+    report["failed"] = failed
+    if miou_convention is not None:
+        report["miou_convention"] = f"{miou_convention}: {MIOU_CONVENTIONS[miou_convention]}"
+    for name, why in failed.items():
+        logger.error("Test dataset %s was not evaluated: %s", name, why)
     summary = {}
     for task, spec in TASKS.items():
         have = [name for name in datasets if task in results[name]]
         if not have:
             continue
-        if source not in have:
+        if source not in have and source not in failed:
             logger.warning("Source dataset %s has no %r results: no rPD for it", source, task)
         entries = {name: _entry(name, results[name][task], spec) for name in have}
         source_metrics = entries[source]["metrics"] if source in entries else {}
@@ -200,7 +212,10 @@ def format_dg_tables(report):
         ]
         rows.append(_row("mean (targets)", dict(mean, domain=""), "", spec))
         headers = ["dataset", "domain", "role"] + list(spec.headline) + [f"rPD ({spec.primary})"]
-        blocks.append(f"DG report, {task}:\n" + tabulate(rows, headers, tablefmt="pipe"))
+        title = f"DG report, {task}"
+        if task == "sem_seg" and "miou_convention" in report:
+            title += f" (mIoU convention {report['miou_convention']})"
+        blocks.append(f"{title}:\n" + tabulate(rows, headers, tablefmt="pipe"))
         classes = list(dict.fromkeys(c for n in order for c in entries[n]["per_class"]))
         if classes:
             class_rows = [
@@ -213,6 +228,8 @@ def format_dg_tables(report):
                 f"Per-class {spec.per_class_prefix.rstrip('-')} ({task}):\n"
                 + tabulate(class_rows, class_headers, tablefmt="pipe")
             )
+    for name, why in report.get("failed", {}).items():
+        blocks.append(f"FAILED, not evaluated: {name}: {why}")
     return "\n\n".join(blocks)
 
 
@@ -226,7 +243,7 @@ def _json_safe(obj):
     return obj
 
 
-def write_dg_report(results, *, source_dataset, output_dir):
+def write_dg_report(results, *, source_dataset, output_dir, failed=None, miou_convention=None):
     """
     Build the DG report, log its tables and write ``dg_report.json`` and ``dg_report.png``.
 
@@ -235,11 +252,15 @@ def write_dg_report(results, *, source_dataset, output_dir):
             (the OrderedDict ``DefaultTrainer.test`` builds before it flattens a single one).
         source_dataset (str or None): the source domain's test set; None or "" takes the first.
         output_dir (str): folder for the two files (created if needed).
+        failed (dict or None): dataset name -> why its evaluation failed (named in the report).
+        miou_convention (str or None): ``TEST.MIOU_ABSENT_CLASSES`` of the sem_seg results.
 
     Returns:
         dict: the report (see :func:`build_dg_report`); NaN values appear as null in the JSON.
     """
-    report = build_dg_report(results, source_dataset)
+    report = build_dg_report(
+        results, source_dataset, failed=failed, miou_convention=miou_convention
+    )
     logger.info("Domain-generalization report (%s)\n%s", RPD_DEFINITION, format_dg_tables(report))
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, "dg_report.json")

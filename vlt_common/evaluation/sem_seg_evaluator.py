@@ -11,13 +11,14 @@ from detectron2.utils import comm
 from PIL import Image
 from torch.nn import functional as F
 
-from vlt_common.data.conversion import write_json, write_png
 from vlt_common.data.io import read_image, read_sem_seg
+from vlt_common.utils.atomic import write_json, write_png
 
 from .visualize import sem_seg_panels
 
 __all__ = [
     "DGSemSegEvaluator",
+    "MIOU_CONVENTIONS",
     "confusion_matrix",
     "reduce_confusion_matrices",
     "sem_seg_metrics",
@@ -66,21 +67,37 @@ def _half(array: np.ndarray, resample) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width // 2, height // 2), resample=resample))
 
 
-def sem_seg_metrics(conf, class_names):
+# How a class without ground-truth pixels enters the IoU and mIoU (TEST.MIOU_ABSENT_CLASSES).
+MIOU_CONVENTIONS = {
+    "nan": "a class absent from the ground truth has NaN IoU and is left out of the mean "
+    "(Detectron2's SemSegEvaluator)",
+    "zero": "a class absent from the ground truth but predicted has IoU 0 and counts in the mean; "
+    "absent and not predicted, it is left out (cityscapesscripts, the benchmark servers)",
+}
+
+
+def sem_seg_metrics(conf, class_names, absent_classes="nan"):
     """
     Detectron2's semantic-segmentation metrics from a confusion matrix, in percent.
 
-    Classes without ground-truth pixels get NaN IoU and accuracy and are left out of the means
-    (as in Detectron2's ``SemSegEvaluator``); their false positives still lower the IoU of the
-    classes they were taken from.
+    A class without ground-truth pixels gets NaN accuracy. Its IoU follows ``absent_classes``
+    (:data:`MIOU_CONVENTIONS`): "nan" (Detectron2) leaves it out of the mean; "zero"
+    (cityscapesscripts' ``getIouScoreForLabel``) gives it IoU 0 when it was predicted, so its false
+    positives count in the mean. Either way they lower the IoU of the classes they were taken from.
 
     Args:
         conf (np.ndarray): int [K, K], rows ground truth, columns prediction.
         class_names (list[str]): K names.
+        absent_classes (str): "nan" or "zero".
 
     Returns:
         OrderedDict: "mIoU", "fwIoU", "IoU-<class>" per class, "mACC", "pACC", "ACC-<class>".
     """
+    if absent_classes not in MIOU_CONVENTIONS:
+        raise ValueError(
+            f"TEST.MIOU_ABSENT_CLASSES is {absent_classes!r}; expected one of "
+            f"{sorted(MIOU_CONVENTIONS)}"
+        )
     conf = np.asarray(conf, dtype=np.float64)
     tp = np.diag(conf)
     pos_gt = conf.sum(axis=1)
@@ -90,9 +107,12 @@ def sem_seg_metrics(conf, class_names):
     acc = np.full(len(tp), np.nan)
     iou[valid] = tp[valid] / (pos_gt[valid] + pos_pred[valid] - tp[valid])
     acc[valid] = tp[valid] / pos_gt[valid]
+    if absent_classes == "zero":
+        iou[~valid & (pos_pred > 0)] = 0.0
+    scored = ~np.isnan(iou)
     total = pos_gt.sum()
     res = OrderedDict()
-    res["mIoU"] = 100 * iou[valid].mean() if valid.any() else float("nan")
+    res["mIoU"] = 100 * iou[scored].mean() if scored.any() else float("nan")
     res["fwIoU"] = 100 * np.sum(iou[valid] * pos_gt[valid] / total) if total else float("nan")
     for name, value in zip(class_names, iou):
         res[f"IoU-{name}"] = 100 * value
@@ -122,7 +142,14 @@ class DGSemSegEvaluator(DatasetEvaluator):
     """
 
     def __init__(
-        self, dataset_name, *, output_dir=None, num_vis=4, distributed=True, half_resolution=False
+        self,
+        dataset_name,
+        *,
+        output_dir=None,
+        num_vis=4,
+        distributed=True,
+        absent_classes="nan",
+        half_resolution=False,
     ):
         """
         Args:
@@ -132,7 +159,15 @@ class DGSemSegEvaluator(DatasetEvaluator):
             distributed (bool): sum the confusion matrices of all ranks in ``evaluate``.
             half_resolution (bool): evaluate at half the label resolution (see the class
                 docstring; TEST.DG.HALF_RESOLUTION_DATASETS).
+            absent_classes (str): mIoU convention for classes absent from the ground truth,
+                "nan" or "zero" (see :func:`sem_seg_metrics`).
         """
+        if absent_classes not in MIOU_CONVENTIONS:
+            raise ValueError(
+                f"TEST.MIOU_ABSENT_CLASSES is {absent_classes!r}; expected one of "
+                f"{sorted(MIOU_CONVENTIONS)}"
+            )
+        self._absent_classes = absent_classes
         meta = MetadataCatalog.get(dataset_name)
         missing = [k for k in ("stuff_classes", "ignore_label") if not hasattr(meta, k)]
         if missing:
@@ -177,13 +212,15 @@ class DGSemSegEvaluator(DatasetEvaluator):
                     f"prediction for {inp['file_name']} has shape {tuple(scores.shape)}; "
                     f"expected [{self.num_classes}, H, W] scores for dataset {self._dataset_name!r}"
                 )
-            gt = read_sem_seg(
-                inp["sem_seg_file_name"],
-                self.num_classes,
-                self._ignore_label,
-                expected_hw=tuple(scores.shape[-2:]),
-                image_file=inp["file_name"],
-            )
+            gt = read_sem_seg(inp["sem_seg_file_name"], self.num_classes, self._ignore_label)
+            if gt.shape != tuple(scores.shape[-2:]):
+                raise ValueError(
+                    f"prediction for image {inp['file_name']} has size (h, w)="
+                    f"{tuple(scores.shape[-2:])} but "
+                    f"its label map {inp['sem_seg_file_name']} has (h, w)={gt.shape}; the model "
+                    "must return scores at the image's original resolution (the input dict's "
+                    "'height' and 'width')"
+                )
             if self._half_resolution:
                 gt = _half(gt, Image.NEAREST)
                 scores = F.interpolate(
@@ -218,13 +255,14 @@ class DGSemSegEvaluator(DatasetEvaluator):
             conf = reduce_confusion_matrices(gathered)
         if conf.sum() == 0:
             logger.warning("DGSemSegEvaluator on %s saw no labelled pixels", self._dataset_name)
-        res = sem_seg_metrics(conf, self._class_names)
+        res = sem_seg_metrics(conf, self._class_names, self._absent_classes)
         if self._output_dir:
             path = os.path.join(self._output_dir, "sem_seg_evaluation.json")
             write_json(
                 path,
                 {
                     "dataset": self._dataset_name,
+                    "miou_absent_classes": MIOU_CONVENTIONS[self._absent_classes],
                     "metrics": {k: (None if np.isnan(v) else v) for k, v in res.items()},
                     "class_names": self._class_names,
                     "confusion_matrix (rows: ground truth, columns: prediction)": conf.tolist(),

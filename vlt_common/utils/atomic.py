@@ -1,9 +1,14 @@
 """Atomic file writes: readers (and a process killed mid-write) see the old file or the whole new
 one, never a truncated file."""
+import io
+import json
 import os
 import tempfile
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+import numpy as np
+from PIL import Image
+
+__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "write_png"]
 
 
 def _current_umask():
@@ -46,3 +51,31 @@ def atomic_write_bytes(path, data):
         data (bytes or str): the whole content.
     """
     atomic_write(path, lambda f: f.write(data), "wb" if isinstance(data, bytes) else "w")
+
+
+def write_png(path: str, array: np.ndarray) -> None:
+    """
+    Write a uint8 HxW (grey) or HxWx3 (RGB) array as a PNG, atomically.
+
+    Args:
+        path (str): destination; its folder is created if needed.
+        array (np.ndarray): uint8 pixels.
+    """
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_png({path}) expects uint8 pixels, got {array.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_json(path: str, obj) -> None:
+    """
+    Write ``obj`` as JSON, atomically.
+
+    Args:
+        path (str): destination; its folder is created if needed.
+        obj: a JSON-serializable object.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, json.dumps(obj))

@@ -123,7 +123,7 @@ def add_vltseg_config(cfg):
     # Class names of the label space, in train-id order (len == MODEL.SEM_SEG_HEAD.NUM_CLASSES).
     # They name the classes of the model (and are the prompts of the text head); passed in
     # explicitly so the model needs no dataset catalog. Empty: the 19 Cityscapes classes
-    # (vlt_common.data.datasets.builtin_meta.CITYSCAPES_19_CLASSES).
+    # (vlt_common.label_spaces.CITYSCAPES_19_CLASSES).
     cfg.MODEL.VLTSEG.CLASS_NAMES = []
     cfg.MODEL.VLTSEG.TEXT_HEAD = CN()
     # Turn DenseCLIP's text head and the pixel-text matching loss on. Its pixel embeddings are

@@ -23,7 +23,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
+from vlt_common.label_spaces import CITYSCAPES_19_CLASSES
 
 from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion

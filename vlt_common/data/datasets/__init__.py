@@ -7,13 +7,23 @@ import os
 
 from . import builtin_meta
 from .coco import load_dg_coco, register_all_dg_detection, register_dg_coco
-from .layouts import ACDC_CONDITIONS, DATASET_DIRS, DET_SPLITS, SEM_SEG_SPLITS, SemSegPart
+from .layouts import (
+    ACDC_CONDITIONS,
+    BUILTIN_DATASETS,
+    DATASET_DIRS,
+    DET_SPLITS,
+    SEM_SEG_SPLITS,
+    DatasetDescriptor,
+    SemSegPart,
+)
 from .sem_seg import load_dg_sem_seg, register_all_dg_sem_seg, register_dg_sem_seg
 from vlt_common.data.synthdg import register_synthdg  # after builtin_meta: it imports it
 
 __all__ = [
     "builtin_meta",
     "ACDC_CONDITIONS",
+    "BUILTIN_DATASETS",
+    "DatasetDescriptor",
     "DATASET_DIRS",
     "DET_SPLITS",
     "SEM_SEG_SPLITS",

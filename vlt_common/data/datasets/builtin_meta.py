@@ -1,11 +1,22 @@
-"""The label spaces VLT evaluates in, defined once.
+"""The label spaces VLT evaluates in and the maps into them.
 
+The class tables themselves live in :mod:`vlt_common.label_spaces` (re-exported here).
 Semantic segmentation uses the 19 Cityscapes evaluation classes (train ids 0..18, ignore 255);
 every source and target dataset is mapped into them. Detection uses the 8 "thing" classes that the
 segmentation datasets share. The maps from each source dataset's own ids or category names into
 these spaces live here too, so that registration, preparation tools and converters share them.
 """
 from cityscapesscripts.helpers.labels import labels as _cityscapes_labels
+
+from vlt_common.label_spaces import (
+    CITYSCAPES_19_CLASSES,
+    CITYSCAPES_19_COLORS,
+    IGNORE_LABEL,
+    THING_CLASS_ALIASES,
+    THING_CLASSES,
+    THING_COLORS,
+    THING_TRAIN_IDS,
+)
 
 __all__ = [
     "CITYSCAPES_19_CLASSES",
@@ -25,40 +36,6 @@ __all__ = [
     "BDD100K_DET_IGNORED_AS",
     "THING_CLASS_ALIASES",
 ]
-
-# Label value ignored by losses and evaluation.
-IGNORE_LABEL = 255
-
-# (name, RGB colour) in train-id order 0..18, as in cityscapesscripts' labels.py.
-_CITYSCAPES_19 = [
-    ("road", (128, 64, 128)),
-    ("sidewalk", (244, 35, 232)),
-    ("building", (70, 70, 70)),
-    ("wall", (102, 102, 156)),
-    ("fence", (190, 153, 153)),
-    ("pole", (153, 153, 153)),
-    ("traffic light", (250, 170, 30)),
-    ("traffic sign", (220, 220, 0)),
-    ("vegetation", (107, 142, 35)),
-    ("terrain", (152, 251, 152)),
-    ("sky", (70, 130, 180)),
-    ("person", (220, 20, 60)),
-    ("rider", (255, 0, 0)),
-    ("car", (0, 0, 142)),
-    ("truck", (0, 0, 70)),
-    ("bus", (0, 60, 100)),
-    ("train", (0, 80, 100)),
-    ("motorcycle", (0, 0, 230)),
-    ("bicycle", (119, 11, 32)),
-]
-CITYSCAPES_19_CLASSES = [name for name, _ in _CITYSCAPES_19]
-CITYSCAPES_19_COLORS = [color for _, color in _CITYSCAPES_19]
-
-# The 8 detection classes: the Cityscapes "thing" classes, in train-id order.
-THING_CLASSES = CITYSCAPES_19_CLASSES[11:]
-# Train id of each detection class (index i of THING_CLASSES has train id THING_TRAIN_IDS[i]).
-THING_TRAIN_IDS = list(range(11, 19))
-THING_COLORS = CITYSCAPES_19_COLORS[11:]
 
 # ---------------------------------------------------------------------------------------------
 # Source label spaces -> the 19 classes (semantic segmentation)
@@ -217,6 +194,3 @@ BDD100K_DET_TO_THING = {
 # BDD100K categories that its own detection config evaluates as ignore regions of a class: they
 # become crowd boxes (iscrowd=1) of that class, so detections on them are neither right nor wrong.
 BDD100K_DET_IGNORED_AS = {"other person": "person", "other vehicle": "car", "trailer": "truck"}
-
-# Other spellings of the thing classes accepted in users' COCO files (Sim10k, UrbanSyn, ...).
-THING_CLASS_ALIASES = {"pedestrian": "person", "motorbike": "motorcycle", "bike": "bicycle"}

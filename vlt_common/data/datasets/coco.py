@@ -11,13 +11,14 @@ import json
 import logging
 import os
 from collections import Counter
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
-from .builtin_meta import THING_CLASS_ALIASES, THING_CLASSES, THING_COLORS
-from .layouts import DET_SPLITS, expected_tree
+from vlt_common.label_spaces import THING_CLASSES, THING_COLORS, canonical_class_name
+
+from .layouts import DET_SPLITS, domain_of, expected_tree
 
 __all__ = ["thing_index", "load_dg_coco", "register_dg_coco", "register_all_dg_detection"]
 
@@ -31,8 +32,7 @@ def thing_index(category_name: str):
     Returns:
         int or None: the index, or None for a category outside the 8 thing classes.
     """
-    name = category_name.strip().lower()
-    name = THING_CLASS_ALIASES.get(name, name)
+    name = canonical_class_name(category_name)
     return THING_CLASSES.index(name) if name in THING_CLASSES else None
 
 
@@ -98,12 +98,21 @@ def load_dg_coco(
                 dropped[names.get(ann["category_id"], ann["category_id"])] += 1
         record["annotations"] = kept
     if dropped:
-        logger.info(f"{json_file}: dropped annotations outside the thing classes: {dict(dropped)}")
+        logger.info(
+            "%s: dropped annotations outside the thing classes: %s", json_file, dict(dropped)
+        )
     MetadataCatalog.get(dataset_name).thing_dataset_id_to_contiguous_id = id_map
     return dicts
 
 
-def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint: str = "") -> None:
+def register_dg_coco(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    missing_hint: str = "",
+    domain: Optional[str] = None,
+) -> None:
     """
     Register a COCO-format detection dataset in the 8-class label space (no file I/O).
 
@@ -115,6 +124,7 @@ def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint
         json_file (str): COCO instances json (boxes; masks optional).
         image_root (str): folder its image "file_name"s are relative to.
         missing_hint (str): text appended to the error when a file is missing.
+        domain (str or None): the domain it stands for in the DG report (metadata ``domain``).
     """
     DatasetCatalog.register(
         name, functools.partial(load_dg_coco, json_file, image_root, name, missing_hint)
@@ -126,6 +136,10 @@ def register_dg_coco(name: str, json_file: str, image_root: str, *, missing_hint
         image_root=image_root,
         evaluator_type="coco",
     )
+    if domain is not None:
+        MetadataCatalog.get(name).domain = domain
+    if missing_hint:
+        MetadataCatalog.get(name).expected_layout = missing_hint
 
 
 def register_all_dg_detection(root: str) -> None:
@@ -143,4 +157,5 @@ def register_all_dg_detection(root: str) -> None:
             os.path.join(root, json_file),
             os.path.join(root, image_root),
             missing_hint=expected_tree(dataset, root),
+            domain=domain_of(name),
         )

@@ -7,14 +7,20 @@ datasets, prints the layout the dataset needs (:data:`layouts.EXPECTED_TREES`).
 import functools
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .builtin_meta import CITYSCAPES_19_CLASSES, CITYSCAPES_19_COLORS, IGNORE_LABEL
-from .layouts import SEM_SEG_SPLITS, SemSegPart, expected_tree
+from .layouts import SEM_SEG_SPLITS, SemSegPart, domain_of, expected_tree
 
-__all__ = ["list_files", "load_dg_sem_seg", "register_dg_sem_seg", "register_all_dg_sem_seg"]
+__all__ = [
+    "list_files",
+    "read_split_numbers",
+    "load_dg_sem_seg",
+    "register_dg_sem_seg",
+    "register_all_dg_sem_seg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +53,60 @@ def _missing(message: str, hint: str) -> FileNotFoundError:
     return FileNotFoundError(f"{message}\n{hint}".rstrip())
 
 
+def read_split_numbers(split_file: str, key: str, hint: str = "") -> List[int]:
+    """
+    The image numbers of one split in a MATLAB split file (GTA5's ``split.mat``).
+
+    Args:
+        split_file (str): the .mat file.
+        key (str): its variable, e.g. "valIds" (1-based image numbers).
+        hint (str): text appended to the error when the file is missing.
+
+    Returns:
+        list[int]: the numbers, in the file's order.
+
+    Raises:
+        FileNotFoundError: the file is missing; ValueError: it is unreadable or lacks ``key``.
+    """
+    import scipy.io  # only for split files
+
+    if not os.path.isfile(split_file):
+        raise _missing(
+            f"split file {split_file} does not exist (GTA5: split.mat of the download).", hint
+        )
+    try:
+        content = scipy.io.loadmat(split_file)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"cannot read split file {split_file}: {e}") from e
+    if key not in content:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise ValueError(f"split file {split_file} has no {key!r} (it has {found})")
+    return [int(v) for v in content[key].ravel()]
+
+
+def _select_split(part: SemSegPart, images: List[str], hint: str) -> List[str]:
+    """The images of ``part``'s split file, by their number (file name without suffix)."""
+    wanted = set(read_split_numbers(part.split_file, part.split_key, hint))
+    selected = []
+    for rel in images:
+        stem = os.path.basename(rel)[: -len(part.image_suffix)]
+        if stem.isdigit() and int(stem) in wanted:
+            selected.append(rel)
+    if len(selected) < len(wanted):
+        logger.warning(
+            "%s: %d of the %d images of %s are not under %s",
+            part.split_file, len(wanted) - len(selected), len(wanted), part.split_key,
+            part.image_dir,
+        )
+    return selected
+
+
 def _load_part(part: SemSegPart, hint: str) -> List[Dict]:
     if not os.path.isdir(part.image_dir):
         raise _missing(f"image folder {part.image_dir} does not exist.", hint)
     images = list_files(part.image_dir, part.image_suffix)
+    if part.split_file:
+        images = _select_split(part, images, hint)
     if not images:
         raise _missing(f"no images '*{part.image_suffix}' under {part.image_dir}.", hint)
     stems = [rel[: -len(part.image_suffix)] for rel in images]
@@ -109,12 +165,16 @@ def load_dg_sem_seg(parts: Sequence[SemSegPart], missing_hint: str = "") -> List
                 f"image id {d['image_id']!r} is used by both {other} and {d['file_name']}"
             )
     folders = ", ".join(part.image_dir for part in parts)
-    logger.info(f"Loaded {len(dicts)} images from {folders}")
+    logger.info("Loaded %d images from %s", len(dicts), folders)
     return dicts
 
 
 def register_dg_sem_seg(
-    name: str, parts: Sequence[SemSegPart], *, missing_hint: str = ""
+    name: str,
+    parts: Sequence[SemSegPart],
+    *,
+    missing_hint: str = "",
+    domain: Optional[str] = None,
 ) -> None:
     """
     Register a semantic-segmentation dataset in the 19-class label space (no file I/O). Also
@@ -124,6 +184,8 @@ def register_dg_sem_seg(
         name (str): the dataset name, e.g. "cityscapes_val".
         parts (list[SemSegPart]): its folders (concatenated in order).
         missing_hint (str): text appended to the error when something is missing.
+        domain (str or None): the domain it stands for in the DG report (metadata ``domain``;
+            the report shows the dataset name when unset).
     """
     parts = list(parts)
     DatasetCatalog.register(name, functools.partial(load_dg_sem_seg, parts, missing_hint))
@@ -134,6 +196,10 @@ def register_dg_sem_seg(
         "evaluator_type": "dg_sem_seg",
         "image_root": os.path.commonpath([part.image_dir for part in parts]),
     }
+    if domain is not None:
+        metadata["domain"] = domain
+    if missing_hint:
+        metadata["expected_layout"] = missing_hint
     if all(part.label_dir for part in parts):
         metadata["sem_seg_root"] = os.path.commonpath([part.label_dir for part in parts])
     MetadataCatalog.get(name).set(**metadata)
@@ -142,12 +208,15 @@ def register_dg_sem_seg(
 def register_all_dg_sem_seg(root: str) -> None:
     """
     Register every semantic-segmentation name of :data:`layouts.SEM_SEG_SPLITS`: gta5_train,
-    synthia_train, cityscapes_{train,val,test}, bdd100k_{train,val}, mapillary_{train,val},
-    acdc_{train,val,test} and acdc_{fog,night,rain,snow}_{train,val,test}.
+    gta5_val, gta5_split_{train,test}, synthia_train, cityscapes_{train,val,test},
+    bdd100k_{train,val}, mapillary_{train,val}, acdc_{train,val,test} and
+    acdc_{fog,night,rain,snow}_{train,val,test}.
 
     Args:
         root (str): the datasets root ($DETECTRON2_DATASETS).
     """
     for name, (dataset, parts) in SEM_SEG_SPLITS.items():
         parts = [part.under(root) for part in parts]
-        register_dg_sem_seg(name, parts, missing_hint=expected_tree(dataset, root))
+        register_dg_sem_seg(
+            name, parts, missing_hint=expected_tree(dataset, root), domain=domain_of(name)
+        )

@@ -23,7 +23,7 @@ import time
 
 from PIL import Image
 
-from vlt_common.data.conversion import parallel_imap
+from vlt_common.data.prepare.conversion import parallel_imap
 
 from .scene import synthesize_scene
 from .spec import DEFAULT_SPEC, SPLITS

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlt_common.data.conversion import write_png
+from vlt_common.utils.atomic import write_png
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_COLORS, IGNORE_LABEL
 from vlt_common.data.io import read_image, read_sem_seg
 from vlt_common.evaluation.visualize import colorize_sem_seg

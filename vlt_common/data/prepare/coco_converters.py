@@ -28,16 +28,16 @@ from cityscapesscripts.helpers.labels import name2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
-from ..conversion import parallel_imap
-from ..io import read_image
-from .builtin_meta import (
+from ..datasets.builtin_meta import (
     BDD100K_DET_IGNORED_AS,
     BDD100K_DET_TO_THING,
     CITYSCAPES_ID_TO_THING,
     THING_CLASSES,
 )
-from .layouts import ACDC_CONDITIONS
-from .sem_seg import list_files
+from ..datasets.layouts import ACDC_CONDITIONS
+from ..datasets.sem_seg import list_files
+from ..io import read_image
+from .conversion import parallel_imap
 
 __all__ = [
     "thing_categories",
@@ -107,8 +107,10 @@ def assemble_coco(records: Sequence[Record], description: str) -> Dict:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
         skipped.update(skipped_here)
     if skipped:
-        logger.info(f"{description}: skipped objects outside the 8 thing classes: {dict(skipped)}")
-    logger.info(f"{description}: {len(images)} images, {len(annotations)} annotations")
+        logger.info(
+            "%s: skipped objects outside the 8 thing classes: %s", description, dict(skipped)
+        )
+    logger.info("%s: %d images, %d annotations", description, len(images), len(annotations))
     return {
         "info": {"description": description, "thing_classes": list(THING_CLASSES)},
         "images": images,
@@ -296,13 +298,64 @@ def _index_by_basename(folder: str, suffix: str) -> Dict[str, str]:
     return index
 
 
+def _acdc_jobs(json_file, images, image_root, pngs, panoptic_root):
+    """(image entry, PNG, segments, thing names) per annotated image of one panoptic json; None
+    for an image-info file without annotations (e.g. ``test_image_info.json``)."""
+    _require(json_file, "ACDC panoptic json")
+    content = _load_json(json_file)
+    if not isinstance(content, dict) or not ("annotations" in content or "images" in content):
+        raise ValueError(f"{json_file} is not a COCO panoptic file: no 'annotations'")
+    if "annotations" not in content:
+        return None
+    entries = {image["id"]: image for image in content.get("images", [])}
+    thing_names = {c["id"]: c["name"] for c in content.get("categories", []) if c.get("isthing")}
+    jobs = []
+    for ann in content["annotations"]:
+        entry = entries.get(ann["image_id"])
+        if entry is None:
+            raise ValueError(f"{json_file}: annotation of unknown image id {ann['image_id']}")
+        image_name = os.path.basename(entry["file_name"])
+        png_name = os.path.basename(ann["file_name"])
+        if image_name not in images:
+            raise FileNotFoundError(f"{json_file}: no image {image_name} under {image_root}")
+        if png_name not in pngs:
+            raise FileNotFoundError(
+                f"{json_file}: no panoptic PNG {png_name} under {panoptic_root}"
+            )
+        image = {
+            "file_name": images[image_name], "height": entry["height"], "width": entry["width"]
+        }
+        png_path = os.path.join(panoptic_root, pngs[png_name])
+        jobs.append((image, png_path, ann["segments_info"], thing_names))
+    return jobs
+
+
+def _acdc_group(file_name: str) -> Tuple[str, str]:
+    """(condition, split) of an image path under ``rgb_anon``, checked against the official
+    layout ``<condition>/<split>/<sequence>/<name>``; split may be a ``*_ref`` split."""
+    parts = file_name.split(os.sep)
+    condition, split = parts[0], parts[1] if len(parts) > 2 else ""
+    splits = ("train", "val", "test")
+    if condition not in ACDC_CONDITIONS or split not in splits + tuple(f"{s}_ref" for s in splits):
+        raise ValueError(
+            f"ACDC image {file_name} is not under rgb_anon/<condition>/<split>/ with a condition "
+            f"in {ACDC_CONDITIONS} and a split in {splits} or their '_ref' splits (the official "
+            "layout)"
+        )
+    return condition, split
+
+
 def convert_acdc(
     root: str, panoptic_jsons: Sequence[str], panoptic_root: str, *, workers: int = 1
 ) -> Dict[str, Dict]:
     """
     Convert ACDC panoptic annotations to COCO, per condition and split and for all conditions.
 
-    Images and panoptic PNGs are found by file name (ACDC's names are unique), so the json
+    Works on the official ``gt_panoptic/*.json``: image-info files without annotations
+    (``test_image_info.json``) are skipped, an image listed in several files (per-condition and
+    all-condition files overlap) is converted once, and images of the ``*_ref`` splits (the
+    clear-weather reference images, which no detection split uses) are left out; each is logged
+    once. Images and panoptic PNGs are found by file name (ACDC's names are unique), so the json
     files may refer to them with any folder prefix; the condition and split of an image are the
     first two folders of its path under ``rgb_anon``.
 
@@ -315,50 +368,45 @@ def convert_acdc(
     Returns:
         dict[str, dict]: "<split>" and "<condition>_<split>" -> COCO instances; file names are
         relative to ``rgb_anon``.
+
+    Raises:
+        ValueError: a json is not COCO panoptic, an image lies outside the official layout, or
+            two json files annotate the same image differently.
     """
     image_root = os.path.join(root, "rgb_anon")
     _require(image_root, "ACDC image folder")
     _require(panoptic_root, "ACDC panoptic folder")
     images = _index_by_basename(image_root, ".png")
     pngs = _index_by_basename(panoptic_root, ".png")
-    jobs = []
+    jobs, source, info_only, references = {}, {}, [], Counter()
     for json_file in panoptic_jsons:
-        _require(json_file, "ACDC panoptic json")
-        content = _load_json(json_file)
-        if not isinstance(content, dict) or "annotations" not in content:
-            raise ValueError(f"{json_file} is not a COCO panoptic file: no 'annotations'")
-        entries = {image["id"]: image for image in content.get("images", [])}
-        categories = content.get("categories", [])
-        thing_names = {c["id"]: c["name"] for c in categories if c.get("isthing")}
-        for ann in content["annotations"]:
-            entry = entries.get(ann["image_id"])
-            if entry is None:
-                raise ValueError(f"{json_file}: annotation of unknown image id {ann['image_id']}")
-            image_name = os.path.basename(entry["file_name"])
-            png_name = os.path.basename(ann["file_name"])
-            if image_name not in images:
-                raise FileNotFoundError(f"{json_file}: no image {image_name} under {image_root}")
-            if png_name not in pngs:
-                raise FileNotFoundError(
-                    f"{json_file}: no panoptic PNG {png_name} under {panoptic_root}"
-                )
-            image = {
-                "file_name": images[image_name],
-                "height": entry["height"],
-                "width": entry["width"],
-            }
-            png_path = os.path.join(panoptic_root, pngs[png_name])
-            jobs.append((image, png_path, ann["segments_info"], thing_names))
-    records = parallel_imap(_acdc_record, jobs, workers=workers, desc="acdc panoptic")
+        file_jobs = _acdc_jobs(json_file, images, image_root, pngs, panoptic_root)
+        if file_jobs is None:
+            info_only.append(json_file)
+            continue
+        for job in file_jobs:
+            name = job[0]["file_name"]
+            condition, split = _acdc_group(name)
+            if split.endswith("_ref"):
+                references[split] += 1
+                continue
+            if name in jobs:
+                if jobs[name][2] != job[2]:
+                    raise ValueError(
+                        f"{json_file} and {source[name]} annotate {name} differently"
+                    )
+                continue
+            jobs[name], source[name] = job, json_file
+    if info_only:
+        logger.info("Skipped files without annotations (image lists): %s", info_only)
+    if references:
+        logger.info("Left out the clear-weather reference images: %s", dict(references))
+    records = parallel_imap(
+        _acdc_record, list(jobs.values()), workers=workers, desc="acdc panoptic"
+    )
     groups = defaultdict(list)
     for record in records:
-        parts = record[0]["file_name"].split(os.sep)
-        condition, split = parts[0], parts[1] if len(parts) > 2 else ""
-        if condition not in ACDC_CONDITIONS or split not in ("train", "val", "test"):
-            raise ValueError(
-                f"ACDC image {record[0]['file_name']} is not under "
-                "rgb_anon/<condition>/<split>/ (the official layout)"
-            )
+        condition, split = _acdc_group(record[0]["file_name"])
         groups[split].append(record)
         groups[f"{condition}_{split}"].append(record)
     return {key: assemble_coco(recs, f"ACDC {key} (panoptic)") for key, recs in groups.items()}

@@ -7,25 +7,21 @@
 - :func:`convert_label_maps` converts label files to train-id PNGs: each output is written under a
   temporary name and renamed into place, and outputs that are already complete are skipped, so an
   interrupted run finishes where it stopped.
-- :func:`write_png` and :func:`write_json` are the atomic writers.
 
 Dataset-specific code only says which files to convert and with which id table
-(``vlt_common.data.datasets.prepare``) or how to build COCO records
-(``vlt_common.data.datasets.coco_converters``).
+(:mod:`.labels`) or how to build COCO records (:mod:`.coco_converters`). Files are written with
+the atomic writers of :mod:`vlt_common.utils.atomic`.
 """
 import dataclasses
-import io
-import json
 import logging
 import multiprocessing
 import os
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from vlt_common.utils.atomic import atomic_write_bytes
+from vlt_common.utils.atomic import write_png
 
 __all__ = [
     "parallel_imap",
@@ -33,8 +29,6 @@ __all__ = [
     "ConversionSummary",
     "convert_label_maps",
     "png_is_complete",
-    "write_png",
-    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,34 +149,6 @@ def png_is_complete(path: str) -> bool:
         return False
 
 
-def write_png(path: str, array: np.ndarray) -> None:
-    """
-    Write a uint8 HxW (grey) or HxWx3 (RGB) array as a PNG, atomically.
-
-    Args:
-        path (str): destination; its folder is created if needed.
-        array (np.ndarray): uint8 pixels.
-    """
-    if array.dtype != np.uint8:
-        raise ValueError(f"write_png({path}) expects uint8 pixels, got {array.dtype}")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def write_json(path: str, obj) -> None:
-    """
-    Write ``obj`` as JSON, atomically.
-
-    Args:
-        path (str): destination; its folder is created if needed.
-        obj: a JSON-serializable object.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_bytes(path, json.dumps(obj))
-
-
 @dataclasses.dataclass(frozen=True)
 class _LabelJob:
     """Convert one file: read ``src`` with ``reader``, map its ids, write ``dst``."""
@@ -232,7 +198,7 @@ def convert_label_maps(
         else:
             todo.append((src, dst))
     if summary.skipped:
-        logger.info(f"{desc}: {summary.skipped} outputs already exist and are kept")
+        logger.info("%s: %d outputs already exist and are kept", desc, summary.skipped)
     job = _LabelJob(reader=reader, mapper=IdMapper(id_to_train_id, ignore_label))
     for src, num_unknown in parallel_imap(job, todo, workers=workers, desc=desc, ordered=False):
         summary.written += 1
@@ -241,8 +207,9 @@ def convert_label_maps(
     if summary.unknown_ids:
         named = sorted(summary.unknown_ids.items())[:_MAX_FILES_IN_WARNING]
         logger.warning(
-            f"{desc}: {len(summary.unknown_ids)} label files contain ids outside the source label "
-            f"space (set to ignore {ignore_label}), e.g. "
-            + ", ".join(f"{path} ({count} pixels)" for path, count in named)
+            "%s: %d label files contain ids outside the source label space (set to ignore %d), "
+            "e.g. %s",
+            desc, len(summary.unknown_ids), ignore_label,
+            ", ".join(f"{path} ({count} pixels)" for path, count in named),
         )
     return summary
