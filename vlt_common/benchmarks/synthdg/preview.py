@@ -14,7 +14,6 @@ __all__ = ["write_preview"]
 
 _COLUMNS = 4
 
-
 def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
     """
     Generate SynthDG if needed and write a grid of validation scene ``index``: every domain's

@@ -24,7 +24,6 @@ from .spec import DEFAULT_SPEC, SPLITS
 
 __all__ = ["register_synthdg", "load_synthdg"]
 
-
 def load_synthdg(root, domain, split, *, spec=DEFAULT_SPEC, instances=False):
     """
     Dataset dicts of one SynthDG domain and split, generating the copy first if needed.
@@ -72,7 +71,6 @@ def load_synthdg(root, domain, split, *, spec=DEFAULT_SPEC, instances=False):
             record["sem_seg_file_name"] = os.path.join(directory, label_path(split, index))
         dicts.append(record)
     return dicts
-
 
 def register_synthdg(root, spec=DEFAULT_SPEC, prefix="synthdg"):
     """
