@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlt_common.data.synthdg import SynthDGSpec, register_synthdg
+from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
 from vlt_common.engine import VLTTrainer, get_vlt_cfg
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import os
 from detectron2.engine import default_argument_parser, launch
 
 import train_net
-from vlt_common.data.synthdg import SynthDGSpec, register_synthdg
+from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
 
 TINY_SPEC = SynthDGSpec(num_train=8, num_val=3)
 PREFIX = "synthdg_tiny"

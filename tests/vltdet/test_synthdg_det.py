@@ -14,7 +14,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from vlt_common.data.synthdg import SynthDGSpec, register_synthdg
+from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
 from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.engine.trainer import VLTTrainer
 

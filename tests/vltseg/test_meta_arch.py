@@ -391,7 +391,7 @@ def test_training_loss_falls():
 def test_training_on_synthdg_through_the_mapper(tmp_path):
     # End to end on data: a tiny SynthDG copy, the "semantic_dg" mapper (crop, flip, photometric
     # distortion), the model and AdamW; the loss must fall clearly within 80 steps.
-    from vlt_common.data.synthdg import SynthDGSpec, load_synthdg
+    from vlt_common.benchmarks.synthdg import SynthDGSpec, load_synthdg
     from vltseg.data import SemanticDGDatasetMapper
 
     np.random.seed(0)

@@ -1,7 +1,9 @@
 """Dataset registration: importing this package registers every VLT dataset name in Detectron2's
 DatasetCatalog and MetadataCatalog, under ``$DETECTRON2_DATASETS`` (default ``./datasets``), like
 Detectron2's own builtin datasets. Registration only stores paths; nothing is read until a
-dataset's dicts are requested. This is the only place that calls the register functions.
+dataset's dicts are requested. This is the only place that calls the register functions of the
+downloaded datasets; SynthDG, which VLT generates itself, registers from
+:mod:`vlt_common.benchmarks.synthdg.builtin`.
 """
 import os
 
@@ -17,7 +19,6 @@ from .layouts import (
     SemSegPart,
 )
 from .sem_seg import load_dg_sem_seg, register_all_dg_sem_seg, register_dg_sem_seg
-from vlt_common.data.synthdg import register_synthdg  # after builtin_meta: it imports it
 
 __all__ = [
     "builtin_meta",
@@ -45,4 +46,3 @@ def datasets_root() -> str:
 _root = datasets_root()
 register_all_dg_sem_seg(_root)
 register_all_dg_detection(_root)
-register_synthdg(_root)

@@ -10,32 +10,28 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .geometry import Part, Surface
-from .layout import BUILDING as _BUILDING
-from .layout import ROAD as _ROAD
-from .layout import SIDEWALK as _SIDEWALK
-from .layout import SKY as _SKY
-from .layout import TERRAIN as _TERRAIN
-from .layout import VEGETATION as _VEGETATION
 from .render import blur, fbm
+from .street import BUILDING as _BUILDING
+from .street import ROAD as _ROAD
+from .street import SIDEWALK as _SIDEWALK
+from .street import SKY as _SKY
+from .street import TERRAIN as _TERRAIN
+from .street import VEGETATION as _VEGETATION
 
 __all__ = ["WEATHER"]
-
 
 def _desaturate(image, keep):
     grey = image.mean(axis=-1, keepdims=True)
     return grey + (image - grey) * keep
-
 
 def _haze(image, geom, visibility, airlight):
     """Koschmieder's model: image * t + airlight * (1 - t), t = exp(-3 depth / visibility)."""
     t = np.exp(-3.0 * geom.depth / visibility)[..., None]
     return image * t + np.asarray(airlight, np.float32) * (1.0 - t)
 
-
 def _scale(geom):
     """Image size relative to the default 512-pixel width (sizes of blurs, flakes, glows)."""
     return geom.image_hw[1] / 512.0
-
 
 def fog(image, geom, rng, appearance):
     """Dense fog: transmission falls with depth; the haze is brighter higher in the image."""
@@ -51,7 +47,6 @@ def fog(image, geom, rng, appearance):
     image = image * t + airlight * (1.0 - t)
     image = _desaturate(image, 0.7)
     return blur(image, 0.6 * _scale(geom))
-
 
 def night(image, geom, rng, appearance):
     """Night: ambient light, street-lamp pools, own head lights, emitters with glows, noise."""
@@ -91,7 +86,6 @@ def night(image, geom, rng, appearance):
     noise = noise + 0.012 * rng.standard_normal((h, w, 3), dtype=np.float32)
     return blur(out + noise, 0.5 * _scale(geom))
 
-
 def _glows(geom, appearance):
     """Gaussian halos around every light source, sized by its projected radius."""
     h, w = geom.image_hw
@@ -116,7 +110,6 @@ def _glows(geom, appearance):
         colour = np.asarray(colours[source.kind], np.float32) / 255
         out[v0:v1, u0:u1] += (strength * np.exp(-d2 / (2 * sigma**2)))[..., None] * colour
     return out
-
 
 def rain(image, geom, rng, appearance):
     """Rain: dark, desaturated, hazy and blurred, glossy wet ground, and rain streaks."""
@@ -143,11 +136,9 @@ def rain(image, geom, rng, appearance):
     streaks = blur(np.asarray(canvas, np.float32) / 255, 0.4 * scale)[..., None]
     return out + streaks * 0.45 * (0.9 - out)
 
-
 def _smoothstep(x, lo, hi):
     t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     return t * t * (3 - 2 * t)
-
 
 def snow(image, geom, rng, appearance):
     """Snow: white ground cover (tyre tracks on the road), snowy trees, bright, low contrast."""
@@ -194,7 +185,6 @@ def snow(image, geom, rng, appearance):
         draw.ellipse([a - r, b - r, a + r, b + r], fill=int(value))
     flakes = blur(np.asarray(canvas, np.float32) / 255, 0.6 * scale)[..., None]
     return out + flakes * (0.97 - out)
-
 
 # Domain name -> effect(image, geom, rng, appearance) -> image (float [H, W, 3]).
 WEATHER = {"fog": fog, "night": night, "rain": rain, "snow": snow}

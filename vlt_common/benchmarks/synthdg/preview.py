@@ -2,10 +2,10 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlt_common.utils.atomic import write_png
-from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_COLORS, IGNORE_LABEL
 from vlt_common.data.io import read_image, read_sem_seg
 from vlt_common.evaluation.visualize import colorize_sem_seg
+from vlt_common.label_spaces import CITYSCAPES_19_COLORS, IGNORE_LABEL
+from vlt_common.utils.atomic import write_png
 
 from .generate import ensure_synthdg, image_path, label_path, read_manifest
 from .spec import DEFAULT_SPEC, DOMAINS
@@ -13,7 +13,6 @@ from .spec import DEFAULT_SPEC, DOMAINS
 __all__ = ["write_preview"]
 
 _COLUMNS = 4
-
 
 def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
     """

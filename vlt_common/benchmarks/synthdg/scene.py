@@ -11,7 +11,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from scipy import ndimage
 
-from vlt_common.data.datasets.builtin_meta import THING_TRAIN_IDS
+from vlt_common.label_spaces import THING_TRAIN_IDS
 
 from .layout import make_layout
 from .render import SceneGeometry, render_appearance
@@ -29,7 +29,6 @@ _DAY_NOISE = 0.01
 # are left unannotated; their pixels keep their class in the label map.
 _MIN_AREA_FRACTION = 16.0 / (256 * 512)
 
-
 @dataclasses.dataclass
 class Scene:
     """
@@ -45,11 +44,9 @@ class Scene:
     images: dict
     annotations: list
 
-
 def scene_rng(seed, split, index, stream):
     """The generator of one randomness stream of one scene."""
     return np.random.default_rng([seed, SPLITS.index(split), index, stream])
-
 
 def synthesize_scene(spec, split, index, domains):
     """
@@ -80,7 +77,6 @@ def synthesize_scene(spec, split, index, domains):
             image = image + _DAY_NOISE * rng.standard_normal(image.shape, dtype=np.float32)
         images[domain] = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return Scene(label=layout.label, images=images, annotations=_annotations(layout))
-
 
 def _annotations(layout):
     """COCO-style annotations of the visible part of every instance."""

@@ -11,14 +11,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .geometry import Surface
-from .layout import SKY
+from .street import SKY
 
 __all__ = ["SceneGeometry", "render_appearance", "fbm", "blur"]
 
 # Depth given to the sky (metres): far enough that fog hides it completely.
 SKY_DEPTH = 1.0e4
 _NOISE_TABLE_SIZE = 4096
-
 
 class SceneGeometry:
     """
@@ -89,7 +88,6 @@ class SceneGeometry:
         m = self.label == class_id
         return m if part is None else m & (self.part == part)
 
-
 def blur(image, sigma):
     """Gaussian blur over the spatial axes of an [H, W] or [H, W, C] float image."""
     if sigma <= 0:
@@ -97,12 +95,10 @@ def blur(image, sigma):
     sigmas = (sigma, sigma) + (0,) * (image.ndim - 2)
     return ndimage.gaussian_filter(image, sigmas, mode="nearest")
 
-
 def _lattice_value(table, i, j):
     # Hash of integer lattice coordinates into the random table (large primes decorrelate axes).
     idx = (i * 73856093) ^ (j * 19349663)
     return table[idx & (_NOISE_TABLE_SIZE - 1)]
-
 
 def value_noise(table, s, t, period):
     """Smooth value noise in [0, 1] at the given period (same units as ``s`` and ``t``)."""
@@ -117,7 +113,6 @@ def value_noise(table, s, t, period):
     d = _lattice_value(table, i0 + 1, j0 + 1)
     return (a + (b - a) * fs) * (1 - ft) + (c + (d - c) * fs) * ft
 
-
 def fbm(table, s, t, period, octaves=3):
     """Fractal noise in [0, 1]: octaves of value noise, each half the period and amplitude."""
     total, norm, amp = 0.0, 0.0, 1.0
@@ -126,7 +121,6 @@ def fbm(table, s, t, period, octaves=3):
         norm += amp
         amp *= 0.5
     return total / norm
-
 
 def pattern(kind, period, table, s, t):
     """
@@ -170,7 +164,6 @@ def pattern(kind, period, table, s, t):
         return np.maximum(joint, 0.45 * cell), 0.35
     raise ValueError(f"unknown SynthDG texture pattern {kind!r}")
 
-
 def _segment_colours(appearance, table):
     """Primary and secondary colour (float32 [N, 3] in [0, 1]) of every segment."""
     keys = table.class_id.astype(np.int64) * 16 + table.part
@@ -180,7 +173,6 @@ def _segment_colours(appearance, table):
         idx = np.flatnonzero(keys == key)
         c1[idx], c2[idx] = appearance.segment_colours(*divmod(int(key), 16), table.rnd[idx])
     return c1, c2
-
 
 def render_appearance(geom, appearance):
     """
@@ -220,7 +212,6 @@ def render_appearance(geom, appearance):
     image *= 1.0 - 0.5 * _shadow_map(geom)[..., None]
     return np.clip(image, 0.0, 1.0)
 
-
 def _sky(geom, appearance, mask):
     """Sky colours of the pixels in ``mask``: a gradient from horizon to zenith, with clouds."""
     h, w = geom.image_hw
@@ -235,7 +226,6 @@ def _sky(geom, appearance, mask):
     cover = np.clip((n - (1.0 - sky.cloudiness)) * 4.0, 0.0, 1.0)[:, None]
     return grad * (1 - cover) + np.asarray(sky.cloud, np.float32) / 255 * cover
 
-
 def _shading(geom, appearance):
     """Lambert-like factor per surface orientation, and ambient occlusion near the ground."""
     surface, x_w, y_w = geom.surface, geom.world[0], geom.world[1]
@@ -249,7 +239,6 @@ def _shading(geom, appearance):
     vertical = (surface == Surface.SIDE) | (surface == Surface.FRONT)
     occlusion = 1.0 - 0.3 * np.exp(-np.maximum(y_w, 0.0) / 0.4)
     return np.where(vertical, factor * occlusion, factor).astype(np.float32)
-
 
 def _shadow_map(geom):
     """Soft contact shadows under vehicles, people and two-wheelers, on the ground only."""

@@ -19,7 +19,7 @@ from vlt_common.data.datasets.builtin_meta import (
     THING_CLASSES,
     THING_TRAIN_IDS,
 )
-from vlt_common.data.synthdg import (
+from vlt_common.benchmarks.synthdg import (
     DOMAINS,
     ensure_synthdg,
     register_synthdg,
@@ -27,10 +27,10 @@ from vlt_common.data.synthdg import (
     synthesize_scene,
     SynthDGSpec,
 )
-from vlt_common.data.synthdg import generate as generate_module
-from vlt_common.data.synthdg.__main__ import main as cli_main
-from vlt_common.data.synthdg.layout import make_layout
-from vlt_common.data.synthdg.scene import scene_rng
+from vlt_common.benchmarks.synthdg import generate as generate_module
+from vlt_common.benchmarks.synthdg.__main__ import main as cli_main
+from vlt_common.benchmarks.synthdg.layout import make_layout
+from vlt_common.benchmarks.synthdg.scene import scene_rng
 
 TINY = SynthDGSpec(seed=3, height=64, width=128, num_train=3, num_val=2)
 
@@ -173,14 +173,17 @@ def test_registration_names_metadata_and_dicts(tiny_root):
 
 
 def test_default_names_are_registered_without_generating():
+    from vlt_common.benchmarks.synthdg.builtin import SYNTHDG_DATASETS
+
     for name in ("synthdg_source_train", "synthdg_palette_val", "synthdg_det_snow_val"):
         assert name in DatasetCatalog.list()
+        assert name in SYNTHDG_DATASETS
     assert MetadataCatalog.get("synthdg_det_night_val").domain == "night"
     assert "synthdg_fog_train" not in DatasetCatalog.list()  # only the source trains
 
 
 def test_missing_domain_and_spec_mismatch_errors(tiny_root):
-    from vlt_common.data.synthdg import load_synthdg
+    from vlt_common.benchmarks.synthdg import load_synthdg
 
     with pytest.raises(KeyError, match="no 'train' images for domain 'fog'"):
         load_synthdg(tiny_root, "fog", "train", spec=TINY)

@@ -14,7 +14,6 @@ from PIL import Image, ImageDraw
 
 __all__ = ["Camera", "Canvas", "Part", "Surface", "SegmentTable"]
 
-
 class Surface(enum.IntEnum):
     """The kind of surface a segment lies on; with the segment's parameter it fixes the depth."""
 
@@ -22,7 +21,6 @@ class Surface(enum.IntEnum):
     HORIZONTAL = 1  # plane y = param (the ground, car roofs, hedge tops)
     SIDE = 2  # plane x = param, parallel to the street (facades, car sides)
     FRONT = 3  # plane z = param, facing the camera (people, signs, car backs)
-
 
 class Part(enum.IntEnum):
     """Material of a segment; styles colour (class, part) pairs, labels ignore parts."""
@@ -37,7 +35,6 @@ class Part(enum.IntEnum):
     TRUNK = 7
     FRAME = 8  # bicycle frames, sign back plates
     INNER = 9  # the inner field of a traffic sign
-
 
 @dataclasses.dataclass(frozen=True)
 class Camera:
@@ -68,7 +65,6 @@ class Camera:
     def scale(self, z):
         """Pixels per metre of a fronto-parallel surface at depth ``z``."""
         return self.focal / z
-
 
 class SegmentTable:
     """
@@ -106,7 +102,6 @@ class SegmentTable:
         self.instance = np.asarray(cols[4], dtype=np.int32)
         self.rnd = np.asarray(cols[5], dtype=np.float32).reshape(len(self._rows), 4)
         return self
-
 
 class Canvas:
     """

@@ -40,21 +40,17 @@ _TMP_PREFIX = ".synthdg-tmp-"
 # libjpeg output is deterministic for the same pixels and settings.
 _JPEG_QUALITY = 92
 
-
 def synthdg_dir(root):
     """The folder of the SynthDG copy under a datasets root."""
     return os.path.join(root, _DIRNAME)
-
 
 def image_path(split, domain, index):
     """Path of a rendering, relative to the copy's folder."""
     return os.path.join("images", domain, split, f"{index:05d}.jpg")
 
-
 def label_path(split, index):
     """Path of a label map, relative to the copy's folder."""
     return os.path.join("labels", split, f"{index:05d}.png")
-
 
 def read_manifest(directory, spec=None):
     """
@@ -92,7 +88,6 @@ def read_manifest(directory, spec=None):
             f"but {spec.to_dict()} was requested. Delete the folder or use another datasets root."
         )
     return manifest
-
 
 def ensure_synthdg(root, spec=DEFAULT_SPEC, num_workers=None):
     """
@@ -138,7 +133,6 @@ def ensure_synthdg(root, spec=DEFAULT_SPEC, num_workers=None):
             fcntl.flock(lock, fcntl.LOCK_UN)
     return directory
 
-
 def _generate(out_dir, spec, num_workers):
     if num_workers is None:
         num_workers = len(os.sched_getaffinity(0))
@@ -163,7 +157,6 @@ def _generate(out_dir, spec, num_workers):
     with open(os.path.join(out_dir, _MANIFEST), "w") as f:
         json.dump(manifest, f)
     logger.info("SynthDG generated in %.1f s", time.perf_counter() - start)
-
 
 def _write_scene(task):
     """Render one scene into ``out_dir``; returns (split, manifest record)."""

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m vlt_common.data.synthdg --root datasets --preview synthdg_preview.png
+    python -m vlt_common.benchmarks.synthdg --root datasets --preview synthdg_preview.png
 """
 import argparse
 import logging
@@ -48,7 +48,6 @@ def main(argv=None):
     if args.preview:
         write_preview(args.root, args.preview, spec, index=args.scene)
         print(f"Preview written to {args.preview}")
-
 
 if __name__ == "__main__":
     main()

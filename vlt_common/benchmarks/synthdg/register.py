@@ -11,7 +11,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from vlt_common.data.datasets.builtin_meta import (
+from vlt_common.label_spaces import (
     CITYSCAPES_19_CLASSES,
     CITYSCAPES_19_COLORS,
     IGNORE_LABEL,
@@ -23,7 +23,6 @@ from .generate import ensure_synthdg, image_path, label_path, read_manifest, syn
 from .spec import DEFAULT_SPEC, SPLITS
 
 __all__ = ["register_synthdg", "load_synthdg"]
-
 
 def load_synthdg(root, domain, split, *, spec=DEFAULT_SPEC, instances=False):
     """
@@ -72,7 +71,6 @@ def load_synthdg(root, domain, split, *, spec=DEFAULT_SPEC, instances=False):
             record["sem_seg_file_name"] = os.path.join(directory, label_path(split, index))
         dicts.append(record)
     return dicts
-
 
 def register_synthdg(root, spec=DEFAULT_SPEC, prefix="synthdg"):
     """

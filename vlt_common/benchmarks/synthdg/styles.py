@@ -12,14 +12,31 @@ import dataclasses
 import numpy as np
 
 from .geometry import Part
-from .layout import (BICYCLE, BUILDING, BUS, CAR, FENCE, MOTORCYCLE, PERSON, POLE, RIDER, ROAD,
-                     SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRAIN, TRUCK, VEGETATION,
-                     WALL)
+from .street import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+)
 
 __all__ = ["Look", "Sky", "Appearance", "SOURCE", "PALETTE"]
 
 _ANY = -1
-
 
 @dataclasses.dataclass(frozen=True)
 class Look:
@@ -41,7 +58,6 @@ class Look:
     texture: tuple = ("flat", 1.0)
     jitter: float = 0.06
 
-
 @dataclasses.dataclass(frozen=True)
 class Sky:
     """Sky gradient (RGB at the zenith and at the horizon) and clouds."""
@@ -50,7 +66,6 @@ class Sky:
     horizon: tuple
     cloud: tuple
     cloudiness: float
-
 
 @dataclasses.dataclass(frozen=True)
 class Appearance:
@@ -122,7 +137,6 @@ class Appearance:
         head, tail = np.asarray(self.head, np.float32), np.asarray(self.tail, np.float32)
         return np.where(rnd[:, :1] >= 0.5, head, tail) / 255
 
-
 def _looks(**entries):
     """Build a looks dict from keyword pairs ``CLASS=Look`` / ``CLASS__PART=Look``."""
     names = {
@@ -137,7 +151,6 @@ def _looks(**entries):
         cls, _, part = key.partition("__")
         looks[(names[cls], Part[part] if part else Part.BODY)] = look
     return looks
-
 
 SOURCE = Appearance(
     name="source",

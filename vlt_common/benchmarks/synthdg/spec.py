@@ -14,7 +14,6 @@ SPLITS = ("train", "val")
 # recognised as stale instead of being silently mixed with new code.
 GENERATOR_VERSION = 2
 
-
 @dataclasses.dataclass(frozen=True)
 class SynthDGSpec:
     """
@@ -68,6 +67,5 @@ class SynthDGSpec:
         d["train_domains"] = list(self.train_domains)
         d["generator_version"] = GENERATOR_VERSION
         return d
-
 
 DEFAULT_SPEC = SynthDGSpec()
