@@ -28,6 +28,7 @@ _CONFIG = _REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
 
 
 def _build_cfg(args):
+    import vltseg  # noqa: F401  (registers VLTSeg's config keys and model)
     from vlt_common.engine.defaults import get_vlt_cfg
 
     cfg = get_vlt_cfg()

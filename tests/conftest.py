@@ -3,6 +3,8 @@ import os
 
 import pytest
 import torch
+import vltdet  # noqa: F401  (both projects, as in train_net.py: config keys, models, mappers)
+import vltseg  # noqa: F401
 
 # Tests never touch a GPU, even when one is present, so that they behave the same everywhere.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

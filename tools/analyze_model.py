@@ -15,6 +15,8 @@ import torch
 from detectron2.modeling import build_model
 
 from vlt_common.engine import get_vlt_cfg
+import vltdet  # noqa: F401  (the projects register their config keys and models)
+import vltseg  # noqa: F401
 from vlt_common.utils.model_stats import count_flops, count_parameters, parameter_table
 
 

@@ -24,6 +24,8 @@ from PIL import Image
 
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
+import vltdet  # noqa: F401  (the projects register their config keys and models)
+import vltseg  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 logger = logging.getLogger("vlt.demo")

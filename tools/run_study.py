@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from vlt_common.engine import get_vlt_cfg
+import vltdet  # noqa: F401  (the projects register their config keys and models)
+import vltseg  # noqa: F401
 from vlt_common.utils.atomic import atomic_write, atomic_write_bytes
 
 MODES = ("full", "frozen", "rein", "frozen_warmup")

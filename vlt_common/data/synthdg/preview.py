@@ -5,7 +5,6 @@ from PIL import Image, ImageDraw
 from vlt_common.data.conversion import write_png
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_COLORS, IGNORE_LABEL
 from vlt_common.data.io import read_image, read_sem_seg
-from vlt_common.evaluation.visualize import colorize_sem_seg
 
 from .generate import ensure_synthdg, image_path, label_path, read_manifest
 from .spec import DEFAULT_SPEC, DOMAINS
@@ -26,6 +25,9 @@ def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
         spec (SynthDGSpec): the copy.
         index (int): validation scene to show.
     """
+    # Imported here: the data package must not depend on the evaluation package (matplotlib).
+    from vlt_common.evaluation.visualize import colorize_sem_seg
+
     directory = ensure_synthdg(root, spec)
     num_val = len(read_manifest(directory, spec)["splits"]["val"]["scenes"])
     if not 0 <= index < num_val:
