@@ -126,6 +126,13 @@ def add_vlt_common_config(cfg):
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # With MODEL.VLT_BACKBONE.FINETUNE "frozen_warmup": iterations with the trunk frozen.
     cfg.SOLVER.FROZEN_BACKBONE_ITERS = 0
+    # Gradient accumulation: each iteration (one optimizer step) runs this many forward/backward
+    # passes of SOLVER.IMS_PER_BATCH / ACCUMULATION_STEPS images (over all processes) and steps
+    # once on the summed, 1/ACCUMULATION_STEPS-scaled gradients. SOLVER.IMS_PER_BATCH stays the
+    # batch of one optimizer step, and MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and
+    # TEST.EVAL_PERIOD count optimizer steps. E.g. the paper's batch 16 on 2 GPUs:
+    # IMS_PER_BATCH 16, ACCUMULATION_STEPS 4 (2 images per GPU per pass). 1 disables it.
+    cfg.SOLVER.ACCUMULATION_STEPS = 1
 
     # ---------------------------------------------------------------------------------------------
     # Data (vlt_common.data.mapper_registry)
