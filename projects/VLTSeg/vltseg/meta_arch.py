@@ -24,8 +24,8 @@ from detectron2.structures import ImageList
 from torch import nn
 
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
+from vlt_common.inference import SlidingWindow, dense_inference
 
-from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
 from .query_linking import QueryLinker, build_query_linker
 from .text_head import DenseCLIPTextHead
@@ -266,7 +266,7 @@ class VLTSeg(nn.Module):
 
     def semantic_scores(self, images: torch.Tensor) -> torch.Tensor:
         """
-        The score function of :mod:`vltseg.inference`.
+        The score function of :mod:`vlt_common.inference`.
 
         Args:
             images (Tensor): normalized, padded images [B, 3, H, W].
