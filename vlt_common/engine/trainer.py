@@ -135,7 +135,11 @@ class VLTStepTrainer(SimpleTrainer):
             for name, value in loss_dict.items():
                 logged[name] = logged.get(name, 0.0) + value.detach() / self.accumulation_steps
         self.after_backward()
-        self.write_metrics(logged, data_time, self.iter)
+        if (self.iter + 1) % self.gather_metric_period == 0:
+            if self.async_write_metrics:
+                self.concurrent_executor.submit(self.write_metrics, logged, data_time, self.iter)
+            else:
+                self.write_metrics(logged, data_time, self.iter)
         self.optimizer_step()
 
 
