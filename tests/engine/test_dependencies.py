@@ -72,17 +72,16 @@ print(json.dumps({{
 """
 
 
-def _probe(package):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [REPO, os.path.join(REPO, "projects", "VLTSeg"), os.path.join(REPO, "projects", "VLTDet")]))
+def _probe(package, pythonpath):
+    env = dict(os.environ, PYTHONPATH=pythonpath)
     out = subprocess.run([sys.executable, "-c", _PROBE.format(package=package)], env=env,
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("package", ["vltseg", "vltdet"])
-def test_importing_a_project_loads_no_plotting_nor_the_other_project(package):
-    assert _probe(package)["heavy"] == []
+def test_importing_a_project_loads_no_plotting_nor_the_other_project(package, tree_pythonpath):
+    assert _probe(package, tree_pythonpath)["heavy"] == []
 
 
 @pytest.mark.xfail(
@@ -92,5 +91,5 @@ def test_importing_a_project_loads_no_plotting_nor_the_other_project(package):
     "and vlt_common/data/__init__.py imports .datasets, which registers them (engineer 'data' "
     "makes the registration-free class table; remove this mark when the test passes)",
 )
-def test_importing_the_model_registers_no_dataset():
-    assert _probe("vltseg")["new_datasets"] == []
+def test_importing_the_model_registers_no_dataset(tree_pythonpath):
+    assert _probe("vltseg", tree_pythonpath)["new_datasets"] == []
