@@ -18,12 +18,12 @@ config keys (``vlt_common.config.register_project_config``), models and mappers.
 import logging
 import os
 
-import vltdet
-import vltseg
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
 import vlt_common.data.datasets  # noqa: F401  (registers VLT's datasets; no file is read)
+import vltdet
+import vltseg
 from vlt_common.engine import AtomicCheckpointer, VLTTrainer, setup_cfg
 
 # The projects (plugins) served: each registered its config keys, models and mappers on import.
