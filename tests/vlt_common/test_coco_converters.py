@@ -9,6 +9,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 from pycocotools.coco import COCO
 
+from tests.tool_loader import load_tool
 from vlt_common.data.conversion import write_json, write_png
 from vlt_common.data.datasets import datasets_root, register_dg_coco
 from vlt_common.data.datasets.builtin_meta import THING_CLASSES
@@ -17,7 +18,6 @@ from vlt_common.data.datasets.coco_converters import (
     convert_bdd100k,
     convert_cityscapes,
 )
-from tests.tool_loader import load_tool
 
 # COCO category ids (1-based) of some thing classes.
 CAR, PERSON, RIDER, TRUCK = (

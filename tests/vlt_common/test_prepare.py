@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tool_loader import load_tool
 from vlt_common.data.conversion import convert_label_maps, png_is_complete, write_png
 from vlt_common.data.datasets import SEM_SEG_SPLITS, load_dg_sem_seg
 from vlt_common.data.datasets.prepare import label_jobs, prepare_labels, read_synthia_label
 from vlt_common.data.io import read_label_ids
-from tests.tool_loader import load_tool
-
 
 
 def _palette_png(path, ids):

@@ -21,11 +21,11 @@ from vlt_common.data.datasets.builtin_meta import (
 )
 from vlt_common.data.synthdg import (
     DOMAINS,
+    SynthDGSpec,
     ensure_synthdg,
     register_synthdg,
     synthdg_dir,
     synthesize_scene,
-    SynthDGSpec,
 )
 from vlt_common.data.synthdg import generate as generate_module
 from vlt_common.data.synthdg.__main__ import main as cli_main

@@ -232,7 +232,7 @@ def convert_label_maps(
         else:
             todo.append((src, dst))
     if summary.skipped:
-        logger.info(f"{desc}: {summary.skipped} outputs already exist and are kept")
+        logger.info("%s: %d outputs already exist and are kept", desc, summary.skipped)
     job = _LabelJob(reader=reader, mapper=IdMapper(id_to_train_id, ignore_label))
     for src, num_unknown in parallel_imap(job, todo, workers=workers, desc=desc, ordered=False):
         summary.written += 1

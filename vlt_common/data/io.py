@@ -120,9 +120,9 @@ def read_sem_seg(
     if num_outside:
         values = np.unique(ids[outside])
         logger.warning(
-            f"{path}: {num_outside} pixels have label ids outside 0..{num_classes - 1} "
-            f"(values {values[:10].tolist()}{' ...' if len(values) > 10 else ''}); "
-            f"they are set to ignore ({ignore_label})"
+            "%s: %d pixels have label ids outside 0..%d (values %s%s); they are set to ignore (%d)",
+            path, num_outside, num_classes - 1, values[:10].tolist(),
+            " ..." if len(values) > 10 else "", ignore_label,
         )
         ids = np.where(outside, ignore_label, ids)
     fits_uint8 = num_classes <= 256 and 0 <= ignore_label <= 255

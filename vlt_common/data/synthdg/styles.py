@@ -12,9 +12,27 @@ import dataclasses
 import numpy as np
 
 from .geometry import Part
-from .layout import (BICYCLE, BUILDING, BUS, CAR, FENCE, MOTORCYCLE, PERSON, POLE, RIDER, ROAD,
-                     SIDEWALK, SKY, TERRAIN, TRAFFIC_LIGHT, TRAFFIC_SIGN, TRAIN, TRUCK, VEGETATION,
-                     WALL)
+from .layout import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    FENCE,
+    MOTORCYCLE,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    TRAIN,
+    TRUCK,
+    VEGETATION,
+    WALL,
+)
 
 __all__ = ["Look", "Sky", "Appearance", "SOURCE", "PALETTE"]
 
