@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Torch threads per process (tests and demo): the two cores, without over-subscribing them.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test test-fast benchmark clean
+.PHONY: install demo lint test test-fast benchmark clean
 
 install:
 	bash tools/install.sh $(VENV)
@@ -19,8 +19,12 @@ demo: install
 	@test -n "$(DEMO_CONFIG)" || { echo "TASK must be seg or det, got '$(TASK)'" >&2; exit 2; }
 	$(PY) train_net.py --config-file $(DEMO_CONFIG) OUTPUT_DIR output/demo_$(TASK)
 
-# The full suite, slow end-to-end runs included (what CI runs).
-test: install
+# The linter (ruff.toml: flake8's rules, isort's order, %s-style logging); `make test` runs it first.
+lint: install
+	$(PY) -m ruff check .
+
+# The linter, then the full suite, slow end-to-end runs included (what CI runs).
+test: lint
 	$(PY) -m pytest tests -q -ra --durations=15
 
 # Only the fast unit tests.

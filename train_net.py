@@ -10,15 +10,24 @@ config and from ``vlt_common``:
     python train_net.py --config-file configs/vltseg_gta5.yaml --eval-only MODEL.WEIGHTS model.pth
 
 Without a GPU, ``--num-gpus N`` starts N CPU processes that train together over GLOO.
+
+The projects this entry point serves are the modules of ``PROJECTS``: importing one registers its
+config keys (``vlt_common.config.register_project_config``), models and mappers. A new project
+(e.g. a user's) is served by adding its package here.
 """
 import logging
 import os
 
-import torch
 from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
 
+import vlt_common.data.datasets  # noqa: F401  (registers VLT's datasets; no file is read)
+import vltdet
+import vltseg
 from vlt_common.engine import AtomicCheckpointer, VLTTrainer, setup_cfg
+
+# The projects (plugins) served: each registered its config keys, models and mappers on import.
+PROJECTS = (vltseg, vltdet)
 
 logger = logging.getLogger("vlt.train_net")
 

@@ -40,6 +40,7 @@ _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
 def _build_cfg(args):
+    import vltseg  # noqa: F401  (registers VLTSeg's config keys and model)
     from vlt_common.engine.defaults import get_vlt_cfg
 
     cfg = get_vlt_cfg()

@@ -22,6 +22,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+import vltdet  # noqa: F401  (the projects register their config keys and models)
+import vltseg  # noqa: F401
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
 
@@ -101,7 +103,9 @@ def run(cfg, paths, output_dir, metadata, score_threshold=0.5):
         list[str]: the written files.
     """
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the trained checkpoint to draw predictions of")
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: pass the trained checkpoint to draw predictions of"
+        )
     model = build_model(cfg).eval()
     AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     mapper = build_dataset_mapper(cfg, is_train=False)

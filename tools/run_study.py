@@ -25,11 +25,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
+import vltdet  # noqa: F401  (the projects register their config keys and models)
+import vltseg  # noqa: F401
 from vlt_common.engine import get_vlt_cfg
 from vlt_common.utils.atomic import atomic_write, atomic_write_bytes
 
 MODES = ("full", "frozen", "rein", "frozen_warmup")
-TRAIN_NET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_net.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 logger = logging.getLogger("vlt.study")
 
 
@@ -69,7 +72,9 @@ def parse_backbones(entries):
     for entry in entries:
         arch, sep, weights = entry.partition("=")
         if not sep or not arch:
-            raise ValueError(f"--backbone {entry!r}: expected ARCH=WEIGHTS (e.g. ViT-B-16=ViT-B-16.pt)")
+            raise ValueError(
+                f"--backbone {entry!r}: expected ARCH=WEIGHTS (e.g. ViT-B-16=ViT-B-16.pt)"
+            )
         if weights and not os.path.isfile(weights):
             logger.warning("Skipping backbone %s: weight file %s not found", arch, weights)
             continue
@@ -81,7 +86,8 @@ def run_overrides(mode, backbone, max_iter, warmup_fraction):
     """Config overrides of one study run (on top of the user's own)."""
     opts = ["MODEL.VLT_BACKBONE.FINETUNE", mode]
     if backbone is not None:
-        opts += ["MODEL.VLT_BACKBONE.ARCH", backbone[0], "MODEL.VLT_BACKBONE.PRETRAINED", backbone[1]]
+        opts += ["MODEL.VLT_BACKBONE.ARCH", backbone[0]]
+        opts += ["MODEL.VLT_BACKBONE.PRETRAINED", backbone[1]]
     if mode == "frozen_warmup":
         opts += ["SOLVER.FROZEN_BACKBONE_ITERS", str(max(1, int(max_iter * warmup_fraction)))]
     # Rein's tokens give the queries in Rein mode (official Rein); the other modes have none.
@@ -197,7 +203,8 @@ def main(argv=None):
         arch = backbone[0] if backbone else cfg.MODEL.VLT_BACKBONE.ARCH
         for mode in args.modes:
             name = _run_name(arch, mode)
-            opts = args.opts + run_overrides(mode, backbone, cfg.SOLVER.MAX_ITER, args.warmup_fraction)
+            overrides = run_overrides(mode, backbone, cfg.SOLVER.MAX_ITER, args.warmup_fraction)
+            opts = args.opts + overrides
             out = os.path.join(args.output, name)
             path = train_one(args.train_script, args.config_file, out, opts, args.num_gpus)
             with open(path) as f:

@@ -2,10 +2,42 @@
 
 Call :func:`add_vlt_common_config` on a Detectron2 ``CfgNode`` before merging a VLT yaml file.
 Keys follow Detectron2's conventions; every key has a comment that states its meaning and units.
+
+The projects (VLTSeg, VLTDet, a user's) own their keys: each adds them with its own
+``add_*_config`` and announces that function with :func:`register_project_config` when it is
+imported, so ``vlt_common`` never imports a project. ``vlt_common.engine.get_vlt_cfg`` applies
+the registered functions; ``train_net.py`` imports the projects it serves.
 """
+from typing import Callable, Dict
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_vlt_common_config"]
+__all__ = ["add_vlt_common_config", "register_project_config", "registered_project_configs"]
+
+# Project name -> its add_*_config(cfg), in the order the projects were imported.
+_PROJECT_CONFIGS: Dict[str, Callable] = {}
+
+
+def register_project_config(name: str, add_config: Callable) -> None:
+    """
+    Announce a project's ``add_*_config(cfg)`` so that ``get_vlt_cfg`` adds its keys.
+
+    A project's function adds only new keys (its own namespace); it must not change a value that
+    Detectron2 or another project defines (the project's ``Base-*.yaml`` sets those), so that no
+    task changes the defaults of another.
+
+    Args:
+        name (str): the project's package name (e.g. "vltseg").
+        add_config (callable): ``add_config(cfg)`` edits a ``CfgNode`` in place.
+    """
+    if not callable(add_config):
+        raise TypeError(f"register_project_config({name!r}): {add_config!r} is not callable")
+    _PROJECT_CONFIGS[name] = add_config
+
+
+def registered_project_configs() -> Dict[str, Callable]:
+    """The registered projects' ``add_*_config`` functions (name -> function), in order."""
+    return dict(_PROJECT_CONFIGS)
 
 
 def add_vlt_common_config(cfg):
@@ -110,6 +142,21 @@ def add_vlt_common_config(cfg):
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # With MODEL.VLT_BACKBONE.FINETUNE "frozen_warmup": iterations with the trunk frozen.
     cfg.SOLVER.FROZEN_BACKBONE_ITERS = 0
+    # Gradient accumulation: each iteration (one optimizer step) runs this many forward/backward
+    # passes of SOLVER.IMS_PER_BATCH / ACCUMULATION_STEPS images (over all processes) and steps
+    # once on the summed, 1/ACCUMULATION_STEPS-scaled gradients. SOLVER.IMS_PER_BATCH stays the
+    # batch of one optimizer step, and MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and
+    # TEST.EVAL_PERIOD count optimizer steps. E.g. the paper's batch 16 on 2 GPUs:
+    # IMS_PER_BATCH 16, ACCUMULATION_STEPS 4 (2 images per GPU per pass). 1 disables it.
+    cfg.SOLVER.ACCUMULATION_STEPS = 1
+
+    # ---------------------------------------------------------------------------------------------
+    # Data (vlt_common.data.mapper_registry)
+    # ---------------------------------------------------------------------------------------------
+    # Registered dataset mapper (vlt_common.data.DATASET_MAPPER_REGISTRY) used for training and
+    # testing: "semantic_dg" (VLTSeg, set in Base-VLTSeg.yaml), "detection_lsj" (VLTDet, set in
+    # Base-VLTDet.yaml). "" uses Detectron2's own DatasetMapper.
+    cfg.INPUT.DATASET_MAPPER_NAME = ""
 
     # ---------------------------------------------------------------------------------------------
     # Domain-generalization evaluation (vlt_common.evaluation)

@@ -6,7 +6,7 @@ import os
 import pytest
 from detectron2.config import get_cfg
 
-from vlt_common.config import add_vlt_common_config
+from vlt_common.config import add_vlt_common_config, registered_project_configs
 from vlt_common.engine import get_vlt_cfg, setup_cfg
 from vltdet.config import add_vltdet_config
 from vltseg.config import add_vltseg_config
@@ -26,41 +26,76 @@ def _flatten(node, prefix=""):
     return out
 
 
-def _keys_set_by(add_fn):
-    """Keys whose value differs from (or is absent in) Detectron2's defaults after add_fn."""
-    base = _flatten(get_cfg())
+def _flat_after(*add_fns):
     cfg = get_cfg()
-    add_vlt_common_config(cfg)  # the projects' functions are called after it
-    before = _flatten(cfg)
-    add_fn(cfg)
-    after = _flatten(cfg)
-    if add_fn is add_vlt_common_config:
-        before = base
-    return {k for k, v in after.items() if k not in before or before[k] != v}
+    for add_fn in add_fns:
+        add_fn(cfg)
+    return _flatten(cfg)
+
+
+def test_no_project_changes_a_detectron2_default():
+    """Each add_*_config only adds keys: a value Detectron2 defines stays Detectron2's."""
+    d2 = _flatten(get_cfg())
+    for add_fns in [(add_vlt_common_config,), (add_vlt_common_config, add_vltseg_config),
+                    (add_vlt_common_config, add_vltdet_config)]:
+        after = _flat_after(*add_fns)
+        changed = {k: (d2[k], after[k]) for k in d2 if after[k] != d2[k]}
+        assert not changed, f"{add_fns[-1].__name__} changes Detectron2 defaults: {changed}"
 
 
 def test_namespaces_do_not_collide():
-    common = _keys_set_by(add_vlt_common_config)
-    seg = _keys_set_by(add_vltseg_config)
-    det = _keys_set_by(add_vltdet_config)
-    assert common and seg and det
-    assert not common & seg, common & seg
-    assert not common & det, common & det
+    d2 = set(_flatten(get_cfg()))
+    common = set(_flat_after(add_vlt_common_config)) - d2
+    seg = set(_flat_after(add_vlt_common_config, add_vltseg_config)) - d2 - common
+    det = set(_flat_after(add_vlt_common_config, add_vltdet_config)) - d2 - common
+    assert "INPUT.DATASET_MAPPER_NAME" in common  # the key lives with its reader
+    assert "MODEL.MASK_FORMER.HIDDEN_DIM" in seg and "MODEL.VLTDET.SQUARE_PAD" in det
     assert not seg & det, seg & det
 
 
-def test_vlt_cfg_has_every_namespace():
+def test_vltdet_config_is_the_same_with_and_without_vltseg_keys():
+    """Registering VLTSeg's keys changes nothing in a VLTDet run's config (e.g. INPUT.CROP)."""
+    path = os.path.join(REPO, "configs", "vltdet_tiny_synthdg.yaml")
+    alone = get_cfg()
+    add_vlt_common_config(alone)
+    add_vltdet_config(alone)
+    alone.merge_from_file(path)
+    both = get_vlt_cfg()
+    both.merge_from_file(path)
+    alone, both = _flatten(alone), _flatten(both)
+    assert set(alone) < set(both)
+    assert {k: both[k] for k in alone if both[k] != alone[k]} == {}
+    assert alone["INPUT.CROP.ENABLED"] == get_cfg().INPUT.CROP.ENABLED
+
+
+def test_vlt_cfg_has_the_registered_namespaces():
+    assert set(registered_project_configs()) >= {"vltseg", "vltdet"}
     cfg = get_vlt_cfg()
     assert "VLT_BACKBONE" in cfg.MODEL and "MASK_FORMER" in cfg.MODEL and "VLTDET" in cfg.MODEL
+
+
+# What each family of configs must build: meta-architecture and dataset mapper.
+_FAMILY = {"vltseg": ("VLTSeg", "semantic_dg"), "vltdet": ("GeneralizedRCNN", "detection_lsj")}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_every_config_merges(path):
     cfg = get_vlt_cfg()
     cfg.merge_from_file(path)
-    assert cfg.MODEL.META_ARCHITECTURE
-    if not os.path.basename(path).startswith("Base-"):
+    name = os.path.basename(path).lower()
+    family = next(f for f in _FAMILY if f in name)
+    arch, mapper = _FAMILY[family]
+    assert cfg.MODEL.META_ARCHITECTURE == arch, path
+    assert cfg.INPUT.DATASET_MAPPER_NAME == mapper, path
+    if not name.startswith("base-"):
         assert cfg.DATASETS.TEST, f"{path}: DATASETS.TEST is empty"
+
+
+def test_a_key_of_an_unregistered_project_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("vlt_common.config._PROJECT_CONFIGS", {})
+    path = os.path.join(REPO, "configs", "vltseg_tiny_synthdg.yaml")
+    with pytest.raises(KeyError, match="vltseg_tiny_synthdg.yaml.*registered: \\[\\]"):
+        setup_cfg(_args(path), log=False)
 
 
 def _args(config_file, opts=()):

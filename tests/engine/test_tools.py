@@ -6,12 +6,11 @@ import pathlib
 
 import numpy as np
 import pytest
-import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
-from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
 from tests.tool_loader import load_tool
+from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SAMPLE = REPO.parent / "shared/data/cityscapes_sample"
@@ -105,30 +104,33 @@ def test_analyze_model_counts_parameters_and_flops():
 
 
 @pytest.mark.slow
-def test_study_trains_each_mode_and_writes_one_table(tmp_path):
+def test_study_trains_each_mode_and_writes_one_table(tmp_path, tree_pythonpath, monkeypatch):
     from tests.engine.tiny_train_net import tiny_opts
 
     study_tool = load_tool("run_study")
-    os.environ["VLT_TINY_SYNTHDG_ROOT"] = str(tmp_path / "synthdg")
-    os.environ["PYTHONPATH"] = str(REPO)
-    try:
-        study = study_tool.main([
-            "--config-file", SEG_CONFIG, "--output", str(tmp_path / "study"),
-            "--modes", "full", "rein", "--train-script",
-            str(REPO / "tests" / "engine" / "tiny_train_net.py"),
-            *tiny_opts(test_domains=("source", "fog")),
-            "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
-            "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS", "24",
-        ])
-    finally:
-        del os.environ["VLT_TINY_SYNTHDG_ROOT"], os.environ["PYTHONPATH"]
+    monkeypatch.setenv("VLT_TINY_SYNTHDG_ROOT", str(tmp_path / "synthdg"))
+    monkeypatch.setenv("PYTHONPATH", tree_pythonpath)
+    study = study_tool.main([
+        "--config-file", SEG_CONFIG, "--output", str(tmp_path / "study"),
+        "--modes", "full", "rein", "--train-script",
+        str(REPO / "tests" / "engine" / "tiny_train_net.py"),
+        *tiny_opts(test_domains=("source", "fog")),
+        "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+        "MODEL.VLT_BACKBONE.REIN.NUM_TOKENS", "24",
+    ])
     assert [r["mode"] for r in study["runs"]] == ["full", "rein"]
     assert study["metric"] == "mIoU" and len(study["domains"]) == 2
     on_disk = json.loads((tmp_path / "study" / "study.json").read_text())
     assert on_disk == json.loads(json.dumps(study))
     table = (tmp_path / "study" / "study.md").read_text()
-    assert "| full" in table or "full " in table
-    assert "rein" in table
+    # One row per mode, in the order run, with that run's mean over the target domains.
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert header[:2] == ["backbone", "mode"] and header[-2] == "mean target", table
+    assert [row[1] for row in rows] == ["full", "rein"], table
+    means = [float(row[-2]) for row in rows]
+    assert means == pytest.approx([r["mean_target"] for r in study["runs"]], abs=0.05), table
     assert (tmp_path / "study" / "study.png").stat().st_size > 1000
     for mode in ("full", "rein"):
         config = (tmp_path / "study" / f"ViT-B-16__{mode}" / "config.yaml").read_text()

@@ -14,8 +14,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 
-from vlt_common.config import add_vlt_common_config
 from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
+from vlt_common.config import add_vlt_common_config
 from vlt_common.evaluation import build_evaluator, relative_performance, write_dg_report
 
 NAN = float("nan")

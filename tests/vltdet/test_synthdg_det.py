@@ -14,12 +14,12 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from tests.tool_loader import load_tool
 from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
 from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.engine.trainer import VLTTrainer
 
 from .conftest import CONFIGS
-from tests.tool_loader import load_tool
 
 PREFIX = "vltdet_e2e"
 TRAIN = f"{PREFIX}_det_source_train"

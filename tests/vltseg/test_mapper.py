@@ -1,4 +1,6 @@
 """The "semantic_dg" dataset mapper and its augmentations (vltseg.data)."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,10 +16,13 @@ from vltseg.data import (
 )
 
 IGNORE = 255
+# VLTSeg's mapper name and crop (Detectron2's INPUT.CROP keys) are set by its base config.
+BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-VLTSeg.yaml")
 
 
 def _cfg(crop=(32, 48), scale=(1.0, 1.0), resize=(0, 0), color=False, flip="horizontal"):
     cfg = get_vlt_cfg()
+    cfg.merge_from_file(BASE_CONFIG)
     cfg.INPUT.FORMAT = "RGB"
     cfg.INPUT.CROP.SIZE = crop
     cfg.INPUT.SCALE_RANGE_TRAIN = scale

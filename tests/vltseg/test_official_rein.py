@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from vlt_common.modeling.backbone.rein import Rein
-
 from vltseg.modeling import QueryLinker
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "rein_tiny.pt")

@@ -1,5 +1,7 @@
 """The MSDeformAttn pixel decoder: shapes at the strides of 64x96 and padded 64x95 images,
 the FPN level at stride 4, gradients, config errors."""
+import os
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -11,6 +13,8 @@ from vltseg.modeling import PIXEL_DECODER_REGISTRY, MSDeformAttnPixelDecoder, bu
 
 CHANNELS = {"res2": 16, "res3": 24, "res4": 32, "res5": 40}
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+# VLTSeg's values of Detectron2's own keys (MODEL.SEM_SEG_HEAD.*) are set by its base config.
+BASE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Base-VLTSeg.yaml")
 
 
 def tiny_cfg():
@@ -18,6 +22,7 @@ def tiny_cfg():
     cfg = get_cfg()
     add_vlt_common_config(cfg)
     add_vltseg_config(cfg)
+    cfg.merge_from_file(BASE_CONFIG)
     head, mf = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER
     head.CONVS_DIM = head.MASK_DIM = mf.HIDDEN_DIM = 64
     head.TRANSFORMER_ENC_LAYERS = 2

@@ -4,8 +4,11 @@ import pytest
 import torch
 from detectron2.modeling import build_backbone, build_sem_seg_head
 
-from vltseg.modeling import MaskFormerHead, MultiScaleMaskedTransformerDecoder
-from vltseg.modeling import build_transformer_decoder
+from vltseg.modeling import (
+    MaskFormerHead,
+    MultiScaleMaskedTransformerDecoder,
+    build_transformer_decoder,
+)
 from vltseg.modeling.transformer_decoder import attention_mask_from_masks
 
 from .test_pixel_decoder import features, input_shape, tiny_cfg

@@ -1,6 +1,11 @@
-"""Data: dataset registration (imported for its side effect: every VLT dataset name is registered,
-without file I/O), safe image/label reading (:mod:`.io`) and the dataset-mapper registry."""
-from . import datasets, io
+"""Data: safe image/label reading (:mod:`.io`), the dataset-mapper registry, the checks run before
+training (:mod:`.checks`), offline preparation (:mod:`.prepare`) and dataset registration
+(:mod:`.datasets`: importing it registers every downloaded dataset's names, without file I/O).
+
+Importing this package registers nothing: a model that uses a mapper does not fill the catalogs.
+:mod:`vlt_common.engine` (and so ``train_net.py`` and the tools) imports :mod:`.datasets` and
+SynthDG's registration."""
+from . import io
 from .mapper_registry import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 
-__all__ = ["datasets", "io", "DATASET_MAPPER_REGISTRY", "build_dataset_mapper"]
+__all__ = ["io", "DATASET_MAPPER_REGISTRY", "build_dataset_mapper"]

@@ -122,8 +122,7 @@ def read_sem_seg(
     if num_outside:
         values = np.unique(ids[outside])
         logger.warning(
-            "%s: %d pixels have label ids outside 0..%d (values %s%s); they are set to ignore "
-            "(%d)",
+            "%s: %d pixels have label ids outside 0..%d (values %s%s); they are set to ignore (%d)",
             path, num_outside, num_classes - 1, values[:10].tolist(),
             " ..." if len(values) > 10 else "", ignore_label,
         )

@@ -1,5 +1,6 @@
 """Registry of dataset mappers, so that a config key (``INPUT.DATASET_MAPPER_NAME``) picks the
 mapper instead of an if-chain in ``train_net.py``."""
+from detectron2.data import DatasetMapper
 from detectron2.utils.registry import Registry
 
 __all__ = ["DATASET_MAPPER_REGISTRY", "build_dataset_mapper"]
@@ -15,13 +16,16 @@ return a callable ``mapper(dataset_dict) -> dict``.
 
 def build_dataset_mapper(cfg, is_train):
     """
-    Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``.
+    Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME`` ("": Detectron2's
+    ``DatasetMapper``).
 
     Args:
         cfg (CfgNode): the config.
         is_train (bool): training (augmentation, targets) or inference.
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
+    if not name:
+        return DatasetMapper(cfg, is_train)
     try:
         mapper_cls = DATASET_MAPPER_REGISTRY.get(name)
     except KeyError as e:

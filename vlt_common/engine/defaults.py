@@ -1,4 +1,10 @@
-"""The one way VLT builds a config: Detectron2's defaults plus every VLT namespace."""
+"""The one way VLT builds a config: Detectron2's defaults, vlt_common's keys and the keys of every
+imported project (``vlt_common.config.register_project_config``).
+
+``vlt_common`` imports no project: the entry point imports the projects it serves (``train_net.py``
+imports ``vltseg`` and ``vltdet``; a user's project registers its own ``add_*_config`` the same
+way), and each project registers its config keys, models and mappers when imported.
+"""
 import logging
 import os
 
@@ -8,7 +14,7 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from vlt_common.config import add_vlt_common_config
+from vlt_common.config import add_vlt_common_config, registered_project_configs
 
 __all__ = ["get_vlt_cfg", "setup_cfg"]
 
@@ -21,18 +27,25 @@ VLT_LOGGERS = ("vlt_common", "vltseg", "vltdet", "vlt")
 def get_vlt_cfg():
     """
     Returns:
-        CfgNode: Detectron2's default config with the keys of vlt_common, VLTSeg and VLTDet added,
-        so that any VLT yaml (segmentation or detection) merges into it.
+        CfgNode: Detectron2's default config with the keys of vlt_common and of every imported
+        project (``import vltseg`` adds VLTSeg's, ``import vltdet`` VLTDet's), so that any yaml of
+        those projects merges into it.
     """
-    # The projects are imported here, not at module level: vlt_common must import without them.
-    from vltdet.config import add_vltdet_config
-    from vltseg.config import add_vltseg_config
-
     cfg = _get_d2_cfg()
     add_vlt_common_config(cfg)
-    add_vltseg_config(cfg)
-    add_vltdet_config(cfg)
+    for add_config in registered_project_configs().values():
+        add_config(cfg)
     return cfg
+
+
+def _merge_file(cfg, path):
+    try:
+        cfg.merge_from_file(path)
+    except KeyError as e:
+        raise KeyError(
+            f"{path}: {e.args[0] if e.args else e}; the projects whose keys are registered: "
+            f"{sorted(registered_project_configs())} (a project adds its keys when imported)"
+        ) from e
 
 
 def _check_overrides(cfg, opts):
@@ -68,7 +81,7 @@ def setup_cfg(args, *, log=True):
     if args.config_file:
         if not os.path.isfile(args.config_file):
             raise FileNotFoundError(f"--config-file: {args.config_file!r} does not exist")
-        cfg.merge_from_file(args.config_file)
+        _merge_file(cfg, args.config_file)
     _check_overrides(cfg, args.opts)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -5,16 +5,20 @@ What it adds to Detectron2's trainer:
 - every component comes from a VLT registry or builder (optimizer and schedule from
   :mod:`vlt_common.solver`, the mapper from ``INPUT.DATASET_MAPPER_NAME``, the evaluator from the
   dataset's ``evaluator_type``), so one trainer serves VLTSeg and VLTDet;
-- a non-finite loss stops training before the optimizer step, naming the iteration and the term;
+- the step (:class:`VLTStepTrainer`, Detectron2's ``run_step`` extension point) accumulates
+  gradients over SOLVER.ACCUMULATION_STEPS passes and stops on a non-finite loss before the
+  backward and the optimizer step, naming the iteration and the term;
 - checkpoints are written atomically (:class:`AtomicCheckpointer`), so ``kill -9`` then
   ``--resume`` always finds a complete file;
 - DDP also runs on CPU (GLOO), mixed precision uses bf16 where the GPU supports it;
 - ``test`` evaluates every dataset of ``DATASETS.TEST`` and writes the domain-generalization report;
   the best checkpoint (mean over target domains) is kept as ``model_best.pth``.
 """
+import contextlib
 import logging
 import math
 import os
+import time
 import weakref
 from collections import OrderedDict
 
@@ -25,13 +29,20 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from vlt_common.data.checks import check_datasets
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine.checkpoint import AtomicCheckpointer
 from vlt_common.utils.model_stats import parameter_table
 
-__all__ = ["VLTTrainer", "check_losses_finite"]
+__all__ = [
+    "VLTAMPStepTrainer",
+    "VLTStepTrainer",
+    "VLTTrainer",
+    "check_losses_finite",
+    "micro_batch_size",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,39 +66,110 @@ def check_losses_finite(loss_dict, iteration):
     values = {k: float(v.detach()) for k, v in loss_dict.items()}
     bad = sorted(k for k, v in values.items() if not math.isfinite(v))
     if bad:
+        terms = ", ".join(f"{k}={values[k]}" for k in bad)
         raise FloatingPointError(
-            f"Non-finite loss at iteration {iteration}: {', '.join(f'{k}={values[k]}' for k in bad)}"
+            f"Non-finite loss at iteration {iteration}: {terms}"
             f" (all terms: {values}). Training stopped before the optimizer step; lower "
             "SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS or check the data of this iteration."
         )
 
 
-class _LossGuard:
-    """Checks every loss term of every process before Detectron2 logs them (after backward,
-    before the optimizer step, so the weights are never updated with a non-finite gradient)."""
+class VLTStepTrainer(SimpleTrainer):
+    """
+    Detectron2's :class:`SimpleTrainer` with VLT's ``run_step`` (its public extension point):
 
-    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
-        check_losses_finite(loss_dict, self.iter if iter is None else iter)
-        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+    * gradient accumulation: one iteration runs ``accumulation_steps`` forward/backward passes,
+      each on the next batch of the data loader with its losses scaled by
+      ``1 / accumulation_steps``, then one optimizer step; under DDP the gradients are
+      all-reduced only in the last pass (``no_sync``);
+    * the loss guard: every pass's loss terms are checked (:func:`check_losses_finite`) right
+      after its forward, so a non-finite loss raises before its backward and before the
+      optimizer step, whatever Detectron2 does with the metrics (written synchronously or not).
+
+    The logged losses are the mean over the passes. With ``accumulation_steps`` 1 this is
+    Detectron2's step.
+    """
+
+    def __init__(self, model, data_loader, optimizer, *, accumulation_steps=1, **kwargs):
+        """
+        Args:
+            model, data_loader, optimizer, kwargs: as for :class:`SimpleTrainer`.
+            accumulation_steps (int): forward/backward passes per optimizer step (>= 1).
+        """
+        if accumulation_steps < 1:
+            raise ValueError(
+                f"SOLVER.ACCUMULATION_STEPS must be >= 1, got {accumulation_steps}"
+            )
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.accumulation_steps = accumulation_steps
+
+    def forward_losses(self, data):
+        """The model's loss dict for one batch (a tensor result is named "total_loss")."""
+        loss_dict = self.model(data)
+        return loss_dict if isinstance(loss_dict, dict) else {"total_loss": loss_dict}
+
+    def backward(self, loss):
+        loss.backward()
+
+    def optimizer_step(self):
+        self.optimizer.step()
+
+    def _sync_context(self, last_pass):
+        # Gradients are all-reduced once, in the last pass of the accumulation.
+        if not last_pass and isinstance(self.model, DistributedDataParallel):
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def run_step(self):
+        assert self.model.training, "[VLTStepTrainer] model was changed to eval mode!"
+        self.optimizer.zero_grad()
+        data_time = 0.0
+        logged = {}
+        for index in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            with self._sync_context(last_pass=index == self.accumulation_steps - 1):
+                loss_dict = self.forward_losses(data)
+                check_losses_finite(loss_dict, self.iter)
+                self.backward(sum(loss_dict.values()) / self.accumulation_steps)
+            for name, value in loss_dict.items():
+                logged[name] = logged.get(name, 0.0) + value.detach() / self.accumulation_steps
+        self.after_backward()
+        if (self.iter + 1) % self.gather_metric_period == 0:
+            if self.async_write_metrics:
+                self.concurrent_executor.submit(self.write_metrics, logged, data_time, self.iter)
+            else:
+                self.write_metrics(logged, data_time, self.iter)
+        self.optimizer_step()
 
 
-class GuardedSimpleTrainer(_LossGuard, SimpleTrainer):
-    """:class:`SimpleTrainer` with the non-finite-loss guard."""
+class VLTAMPStepTrainer(VLTStepTrainer, AMPTrainer):
+    """:class:`VLTStepTrainer` in mixed precision (Detectron2's :class:`AMPTrainer` parts:
+    autocast in ``precision``, the gradient scaler, its state in checkpoints)."""
+
+    def forward_losses(self, data):
+        with torch.autocast("cuda", dtype=self.precision):
+            return super().forward_losses(data)
+
+    def backward(self, loss):
+        self.grad_scaler.scale(loss).backward()
+
+    def optimizer_step(self):
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
 
 
-class GuardedAMPTrainer(_LossGuard, AMPTrainer):
-    """:class:`AMPTrainer` with the non-finite-loss guard."""
-
-
-def _build_step_runner(cfg, model, data_loader, optimizer):
+def _build_step_trainer(cfg, model, data_loader, optimizer):
+    kwargs = {"accumulation_steps": cfg.SOLVER.ACCUMULATION_STEPS}
     if not cfg.SOLVER.AMP.ENABLED:
-        return GuardedSimpleTrainer(model, data_loader, optimizer)
+        return VLTStepTrainer(model, data_loader, optimizer, **kwargs)
     if not torch.cuda.is_available():
         logger.warning("SOLVER.AMP.ENABLED is ignored: mixed precision needs a CUDA device.")
-        return GuardedSimpleTrainer(model, data_loader, optimizer)
+        return VLTStepTrainer(model, data_loader, optimizer, **kwargs)
     precision = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     logger.info("Mixed precision training in %s", precision)
-    return GuardedAMPTrainer(model, data_loader, optimizer, precision=precision)
+    return VLTAMPStepTrainer(model, data_loader, optimizer, precision=precision, **kwargs)
 
 
 def _create_ddp(cfg, model):
@@ -101,24 +183,48 @@ def _create_ddp(cfg, model):
     return create_ddp_model(model, **kwargs)
 
 
+def micro_batch_size(cfg, world_size):
+    """
+    Images per process in one forward/backward pass: SOLVER.IMS_PER_BATCH (one optimizer step,
+    all processes) split over SOLVER.ACCUMULATION_STEPS passes and ``world_size`` processes.
+
+    Raises:
+        ValueError: naming the keys, when the batch does not split evenly.
+    """
+    total, steps = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.ACCUMULATION_STEPS
+    if steps < 1 or total % (steps * world_size):
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total} must be a multiple of SOLVER.ACCUMULATION_STEPS={steps}"
+            f" (>= 1) times the number of processes ({world_size})"
+        )
+    return total // (steps * world_size)
+
+
 class VLTTrainer(DefaultTrainer):
     """
     The trainer of ``train_net.py`` for both tasks. Built from a config like
     :class:`DefaultTrainer`; see the module docstring for what differs.
+
+    Everything but the construction is Detectron2's (hooks, resume, train, test, state).
+    ``__init__`` builds the parts with the ``build_*`` class methods in Detectron2's order; it
+    cannot call ``DefaultTrainer.__init__``, which hard-codes the three parts VLT replaces: the
+    DDP wrapper (GPU device ids, so no CPU/GLOO run, and no ``find_unused_parameters`` for the
+    frozen warm-up), the step trainer class (VLT's accumulates and guards the loss) and the
+    checkpointer class (VLT's writes atomically).
     """
 
     def __init__(self, cfg):
-        check_datasets(cfg)  # fail fast: every train and test dataset readable, before any work
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.check_config(cfg)
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = _create_ddp(cfg, model)
-        self._trainer = _build_step_runner(cfg, model, data_loader, optimizer)
+        self._trainer = _build_step_trainer(cfg, model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -126,6 +232,18 @@ class VLTTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def check_config(cls, cfg):
+        """
+        Fail fast, before the model is built, on a config that cannot train: the batch must
+        split into SOLVER.ACCUMULATION_STEPS passes over the processes, and every dataset of
+        DATASETS.TRAIN and DATASETS.TEST must be registered, non-empty and readable
+        (:func:`~vlt_common.data.checks.check_datasets`), so that a broken test set stops the run
+        before training instead of after it.
+        """
+        micro_batch_size(cfg, comm.get_world_size())
+        check_datasets(cfg)
 
     @classmethod
     def build_model(cls, cfg):
@@ -147,11 +265,20 @@ class VLTTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))
+        """Detectron2's training loader of one forward/backward pass: SOLVER.IMS_PER_BATCH /
+        SOLVER.ACCUMULATION_STEPS images over all processes."""
+        steps = cfg.SOLVER.ACCUMULATION_STEPS
+        micro_batch_size(cfg, comm.get_world_size())
+        return build_detection_train_loader(
+            cfg,
+            mapper=build_dataset_mapper(cfg, True),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH // steps,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, False))
+        mapper = build_dataset_mapper(cfg, False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -78,29 +78,19 @@ def add_vltseg_config(cfg):
     # Only with whole-image inference (no TEST.SLIDING_WINDOW, no TEST.AUG).
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
 
-    # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults; these override or extend it.
-    # Registered head holding the pixel decoder and the transformer decoder.
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "MaskFormerHead"
+    # MODEL.SEM_SEG_HEAD exists in Detectron2's defaults: VLTSeg adds keys to it and sets the
+    # existing ones (NAME "MaskFormerHead", IN_FEATURES res2..res5, COMMON_STRIDE 4, CONVS_DIM 256,
+    # NORM "GN", NUM_CLASSES 19, IGNORE_VALUE 255) in configs/Base-VLTSeg.yaml, so that building a
+    # config never changes a Detectron2 default that another task (VLTDet) inherits.
     # Registered pixel decoder.
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
-    # Backbone maps the pixel decoder reads.
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    # Of those, the ones the deformable encoder attends over (the other, finer ones are merged in
-    # by an FPN).
+    # Of the backbone maps in IN_FEATURES, the ones the deformable encoder attends over (the
+    # other, finer ones are merged in by an FPN).
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
-    # Stride of the mask features.
-    cfg.MODEL.SEM_SEG_HEAD.COMMON_STRIDE = 4
     # Number of deformable encoder layers.
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
-    # Width of the pixel decoder and of the mask embeddings.
-    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256
+    # Width of the mask embeddings.
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
-    # Normalization in the pixel decoder.
-    cfg.MODEL.SEM_SEG_HEAD.NORM = "GN"
-    # Number of semantic classes (19 for the Cityscapes label space).
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19
-    # Label value that is ignored by the losses and the evaluator.
-    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255
     # Sampling points per head, per level in the deformable attention (official name; 4).
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     # Attention heads in the deformable encoder (official name; 8).
@@ -177,8 +167,6 @@ def add_vltseg_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Semantic-segmentation mapper (training augmentation)
     # ---------------------------------------------------------------------------------------------
-    # Registered dataset mapper for training (vlt_common.data.DATASET_MAPPER_REGISTRY).
-    cfg.INPUT.DATASET_MAPPER_NAME = "semantic_dg"
     # Resize every training image to this (width, height) before random scaling; (0, 0) keeps
     # the native size. GTA5 recipe: (1280, 720).
     cfg.INPUT.RESIZE_TRAIN = (0, 0)
@@ -194,10 +182,8 @@ def add_vltseg_config(cfg):
     cfg.INPUT.RESIZE_TRAIN_TYPE = "scale"
     # Photometric distortion (brightness, contrast, saturation, hue; mmseg's PhotoMetricDistortion).
     cfg.INPUT.COLOR_AUG_SSD = True
-    # Crop: detectron2's INPUT.CROP keys; TYPE "absolute" with SIZE (h, w).
-    cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute"
-    cfg.INPUT.CROP.SIZE = (512, 512)
+    # Crop: Detectron2's INPUT.CROP keys (VLTSeg's ENABLED True, TYPE "absolute", SIZE (h, w) are
+    # set in configs/Base-VLTSeg.yaml, not here, so VLTDet keeps Detectron2's defaults).
     # Re-draw the crop (up to 10 times) while one class covers more than this fraction of it.
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 0.75
     # Pad training images to this size (-1: no padding).

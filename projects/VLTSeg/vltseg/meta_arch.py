@@ -23,9 +23,9 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from vlt_common.inference import SlidingWindow, dense_inference
 from vlt_common.label_spaces import CITYSCAPES_19_CLASSES
 
-from .inference import SlidingWindow, dense_inference
 from .modeling import build_criterion
 from .modeling.matcher import to_device_async
 from .modeling.query_linking import QueryLinker, build_query_linker
@@ -364,7 +364,7 @@ class VLTSeg(nn.Module):
 
     def semantic_scores(self, images: torch.Tensor) -> torch.Tensor:
         """
-        The score function of :mod:`vltseg.inference`.
+        The score function of :mod:`vlt_common.inference`.
 
         Args:
             images (Tensor): normalized, padded images [B, 3, H, W].

@@ -13,24 +13,24 @@ from detectron2.data.detection_utils import annotations_to_instances
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from vlt_common.benchmarks.synthdg import (
+    DOMAINS,
+    SynthDGSpec,
+    ensure_synthdg,
+    register_synthdg,
+    synthdg_dir,
+    synthesize_scene,
+)
+from vlt_common.benchmarks.synthdg import generate as generate_module
+from vlt_common.benchmarks.synthdg.__main__ import main as cli_main
+from vlt_common.benchmarks.synthdg.layout import make_layout
+from vlt_common.benchmarks.synthdg.scene import scene_rng
 from vlt_common.data.datasets.builtin_meta import (
     CITYSCAPES_19_CLASSES,
     IGNORE_LABEL,
     THING_CLASSES,
     THING_TRAIN_IDS,
 )
-from vlt_common.benchmarks.synthdg import (
-    DOMAINS,
-    ensure_synthdg,
-    register_synthdg,
-    synthdg_dir,
-    synthesize_scene,
-    SynthDGSpec,
-)
-from vlt_common.benchmarks.synthdg import generate as generate_module
-from vlt_common.benchmarks.synthdg.__main__ import main as cli_main
-from vlt_common.benchmarks.synthdg.layout import make_layout
-from vlt_common.benchmarks.synthdg.scene import scene_rng
 
 TINY = SynthDGSpec(seed=3, height=64, width=128, num_train=3, num_val=2)
 

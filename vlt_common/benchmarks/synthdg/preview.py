@@ -3,7 +3,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlt_common.data.io import read_image, read_sem_seg
-from vlt_common.evaluation.visualize import colorize_sem_seg
 from vlt_common.label_spaces import CITYSCAPES_19_COLORS, IGNORE_LABEL
 from vlt_common.utils.atomic import write_png
 
@@ -25,6 +24,9 @@ def write_preview(root, out_path, spec=DEFAULT_SPEC, index=0):
         spec (SynthDGSpec): the copy.
         index (int): validation scene to show.
     """
+    # Imported here: the data package must not depend on the evaluation package (matplotlib).
+    from vlt_common.evaluation.visualize import colorize_sem_seg
+
     directory = ensure_synthdg(root, spec)
     num_val = len(read_manifest(directory, spec)["splits"]["val"]["scenes"])
     if not 0 <= index < num_val:

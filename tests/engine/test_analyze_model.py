@@ -1,13 +1,16 @@
-"""The describe_backbone smoke command, run through main() with a tiny trunk."""
+"""tools/analyze_model.py --backbone (the backbone alone), run through main() with a tiny trunk,
+and the FLOP counter's attention handle."""
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlt_common.tools.describe_backbone import main
+from tests.tool_loader import load_tool
 from vlt_common.utils.model_stats import count_flops
 
-TINY = ["--embed-dim", "64", "--depth", "2", "--num-heads", "2"]
+main = load_tool("analyze_model").main
+
+TINY = ["--backbone", "--embed-dim", "64", "--depth", "2", "--num-heads", "2"]
 
 
 def test_describe_multiscale(capsys):
@@ -35,6 +38,11 @@ def test_describe_single_frozen_native_patch(capsys):
     trainable = out.split("parameters: ")[1].split(" trainable")[0]
     assert trainable == "0"
     assert any(line.replace(" ", "") == "|last_feat|(1,64,4,6)|14|" for line in out.splitlines())
+
+
+def test_a_whole_model_needs_a_config_file():
+    with pytest.raises(SystemExit, match="--config-file is required"):
+        main(["--no-flops"])
 
 
 def test_describe_rejects_unknown_key():

@@ -1,9 +1,10 @@
-"""Whole-image, sliding-window and TTA inference (vltseg.inference) with small score functions."""
+"""Whole-image, sliding-window and TTA inference (vlt_common.inference) with small score
+functions."""
 import pytest
 import torch
 from torch import nn
 
-from vltseg.inference import (
+from vlt_common.inference import (
     SlidingWindow,
     dense_inference,
     sliding_window_inference,
