@@ -7,7 +7,7 @@ import pytest
 
 from tests.tool_loader import load_tool
 from tests.vltdet.conftest import CONFIGS, TINY_OPTS
-from tests.vltseg.test_meta_arch import tiny_cfg
+from tests.vltseg.tiny_model import tiny_cfg
 from vlt_common.engine import get_vlt_cfg
 
 export_model = load_tool("export_model")

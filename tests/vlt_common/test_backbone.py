@@ -5,7 +5,6 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
@@ -13,7 +12,6 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from timm.layers import DropPath, resample_abs_pos_embed
 from torch import nn
 
-from vlt_common.config import add_vlt_common_config
 from vlt_common.modeling.backbone import (
     AdapterParameters,
     CLIPViTBackbone,
@@ -23,6 +21,8 @@ from vlt_common.modeling.backbone import (
     default_out_indices,
     get_trunk_adapter,
 )
+
+from .tiny_backbone import single_cfg, tiny_cfg
 
 # One architecture per family, plus the patch-14 ones.
 ARCHS = [
@@ -47,23 +47,9 @@ TIMM_FAMILIES = [
 MULTISCALE = ["res2", "res3", "res4", "res5"]
 
 
-def tiny_cfg(arch="ViT-B-16", **keys):
-    """A config for a depth-2, width-64, 2-head trunk of ``arch``; ``keys`` set other
-    MODEL.VLT_BACKBONE keys."""
-    cfg = get_cfg()
-    add_vlt_common_config(cfg)
-    bcfg = cfg.MODEL.VLT_BACKBONE
-    bcfg.ARCH, bcfg.EMBED_DIM, bcfg.DEPTH, bcfg.NUM_HEADS = arch, 64, 2, 2
-    for key, value in keys.items():
-        setattr(bcfg, key, value)
-    return cfg
-
-
-def single_cfg(arch="ViT-B-16", **keys):
-    return tiny_cfg(arch, OUTPUT="single", OUT_FEATURES=["last_feat"], **keys)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
+
+
 def test_output_names_shapes_strides(arch):
     multi = CLIPViTBackbone(tiny_cfg(arch))
     single = CLIPViTBackbone(single_cfg(arch))
@@ -95,6 +81,8 @@ def test_subset_of_features_builds_only_their_neck():
 
 
 @pytest.mark.parametrize("arch", PATCH14)
+
+
 def test_patch14_resampled_to_16_keeps_pretraining_grid(arch):
     backbone = CLIPViTBackbone(tiny_cfg(arch, PATCH_SIZE=16))
     trunk = backbone.trunk
@@ -109,6 +97,8 @@ def test_patch14_resampled_to_16_keeps_pretraining_grid(arch):
 
 
 @pytest.mark.parametrize("arch", PATCH14)
+
+
 def test_patch14_native_reports_true_strides(arch):
     multi = CLIPViTBackbone(tiny_cfg(arch, PATCH_SIZE=0))
     single = CLIPViTBackbone(single_cfg(arch, PATCH_SIZE=0))
@@ -122,8 +112,9 @@ def test_patch14_native_reports_true_strides(arch):
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
         multi(torch.randn(1, 3, 64, 96))
 
-
 @torch.no_grad()
+
+
 def test_openclip_pos_embed_interpolation_matches_native_grid():
     """Our forward at 64x96 equals open_clip's own tower built for a 4x6 grid whose position
     embeddings are the bicubic resampling of ours."""
@@ -149,6 +140,8 @@ def test_openclip_pos_embed_interpolation_matches_native_grid():
 
 @pytest.mark.parametrize("arch", TIMM_FAMILIES)
 @torch.no_grad()
+
+
 def test_timm_dynamic_size_matches_timm_forward(arch):
     """Position embeddings (and EVA's RoPE, SAM's relative positions) follow the input size the
     way timm's own dynamic-size forward does, square or not."""
@@ -171,6 +164,8 @@ def _dinov2_reference(pos_embed, old, new):
 
 @pytest.mark.parametrize("size", [(224, 224), (64, 96)])
 @torch.no_grad()
+
+
 def test_dinov2_pos_embed_interpolation_follows_dinov2(size):
     """Away from the stored 37 x 37 grid (518 px at patch 14), DINOv2 trunks interpolate their
     position embeddings as DINOv2 does, not with timm's antialiased resize."""
@@ -227,6 +222,8 @@ def test_input_size_errors():
         ({"EMBED_DIM": 64, "NUM_HEADS": 3}, "EMBED_DIM 64 cannot be split into 3"),
     ],
 )
+
+
 def test_config_errors_name_the_key(keys, message):
     with pytest.raises(ValueError, match=message):
         CLIPViTBackbone(tiny_cfg(**keys))
@@ -265,7 +262,11 @@ def _trunk_names(backbone, layers):
 
 
 @pytest.mark.parametrize("arch", ["ViT-B-16", "EVA02-B-16", "timm:samvit_base_patch16"])
+
+
 @pytest.mark.parametrize("freeze_blocks", [0, 1, -1])
+
+
 def test_freeze_blocks_grads_reach_exactly_the_trainable(arch, freeze_blocks):
     backbone = CLIPViTBackbone(tiny_cfg(arch, FREEZE_BLOCKS=freeze_blocks))
     neck = {"neck." + n for n, _ in backbone.neck.named_parameters()}
@@ -293,6 +294,8 @@ class _StandInRein(nn.Module):
 
 
 @pytest.mark.parametrize("arch, prefix", [("ViT-B-16", 1), ("timm:samvit_base_patch16", 0)])
+
+
 def test_rein_hook_after_every_block(arch, prefix):
     trunk = build_trunk(arch, embed_dim=64, depth=2, num_heads=2)
     rein = _StandInRein(2, 64)
@@ -360,6 +363,8 @@ def test_layer_ids_follow_vitdet_semantics():
 
 
 @pytest.mark.parametrize("arch", ["ViT-B-16", "EVA02-B-16"])
+
+
 def test_drop_path_and_grad_checkpoint(arch):
     torch.manual_seed(1)
     regular = CLIPViTBackbone(tiny_cfg(arch))

@@ -1,5 +1,6 @@
 """Solver: parameter groups (lr and weight decay per parameter), clipping, the poly schedule."""
 import copy
+import os
 
 import pytest
 import torch
@@ -343,6 +344,9 @@ def test_mask2former_head_groups_follow_the_official_optimizer():
     from vltseg.modeling import build_criterion
 
     cfg = get_vlt_cfg()
+    # VLTSeg's values of Detectron2's SEM_SEG_HEAD keys (the Mask2Former head) are in its base
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs",
+                                     "Base-VLTSeg.yaml"))
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 32
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 1
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 32

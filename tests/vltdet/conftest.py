@@ -5,9 +5,8 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances
 
+from tests.paths import CONFIGS
 from vlt_common.engine.defaults import get_vlt_cfg
-
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "configs")
 
 # A depth-2, width-64 trunk and narrow heads, so that a training step takes about a second on a
 # CPU core. The head structure (4conv1fc, LN, 2-conv RPN, cascade stages) is the recipe's.
@@ -29,6 +28,8 @@ TINY_OPTS = [
 
 
 @pytest.fixture
+
+
 def tiny_cfg():
     """Returns a function ``(config file name, *opts) -> CfgNode`` with :data:`TINY_OPTS`."""
 
@@ -42,6 +43,8 @@ def tiny_cfg():
 
 
 @pytest.fixture
+
+
 def batch():
     """Two uint8 images, 64x96 and 64x95 (not a multiple of 32), with two boxes and masks each."""
     out = []

@@ -14,12 +14,11 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from tests.paths import CONFIGS
 from tests.tool_loader import load_tool
 from vlt_common.benchmarks.synthdg import SynthDGSpec, register_synthdg
 from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.engine.trainer import VLTTrainer
-
-from .conftest import CONFIGS
 
 PREFIX = "vltdet_e2e"
 TRAIN = f"{PREFIX}_det_source_train"
@@ -28,6 +27,8 @@ ITERS = 240
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     register_synthdg(str(root), SynthDGSpec(seed=3, num_train=24, num_val=4), prefix=PREFIX)
@@ -61,6 +62,8 @@ def _total_losses(output_dir):
 
 
 @pytest.mark.slow
+
+
 def test_loss_falls_and_source_ap_positive(trained):
     cfg, trainer = trained
     losses = _total_losses(cfg.OUTPUT_DIR)
@@ -77,6 +80,8 @@ def test_loss_falls_and_source_ap_positive(trained):
 
 
 @pytest.mark.slow
+
+
 def test_dg_report_on_two_domains(trained):
     cfg, trainer = trained
     with open(os.path.join(cfg.OUTPUT_DIR, "dg_report.json")) as f:
@@ -99,6 +104,8 @@ def test_dg_report_on_two_domains(trained):
 
 
 @pytest.mark.slow
+
+
 def test_demo_draws_detections(trained, tmp_path):
     cfg, _ = trained
     demo = load_tool("demo")

@@ -8,11 +8,10 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 import vlt_common.data.datasets  # noqa: F401  (registers the built-in datasets)
+from tests.paths import CONFIGS
 from vlt_common.data.datasets.builtin_meta import THING_CLASSES
 from vlt_common.data.mapper_registry import DATASET_MAPPER_REGISTRY
 from vlt_common.engine.defaults import get_vlt_cfg
-
-from .conftest import CONFIGS
 
 NAMES = sorted(
     os.path.basename(p)
@@ -31,6 +30,8 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("name", NAMES)
+
+
 def test_config_is_consistent(tiny_cfg, name):
     cfg = tiny_cfg(name)
     assert cfg.MODEL.BACKBONE.NAME == "build_clip_vit_sfp_backbone"
@@ -49,6 +50,8 @@ def test_config_is_consistent(tiny_cfg, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+
+
 def test_square_pad_holds_every_image(name):
     # checked on the configs as written (the tiny overrides turn the square pad off)
     cfg = get_vlt_cfg()
@@ -59,6 +62,8 @@ def test_square_pad_holds_every_image(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+
+
 def test_config_builds_and_runs(tiny_cfg, batch, name):
     cfg = tiny_cfg(name, "MODEL.VLT_BACKBONE.PRETRAINED", "")
     model = build_model(cfg).eval()

@@ -8,7 +8,7 @@ from detectron2.engine import launch
 
 from vltseg.modeling import HungarianMatcher, SetCriterion, build_criterion
 
-from .test_pixel_decoder import tiny_cfg
+from .tiny_head import tiny_cfg
 
 NUM_CLASSES, Q, H, W = 4, 5, 16, 24
 
@@ -131,6 +131,8 @@ def _count_masks_worker(out_dir):
 
 
 @pytest.mark.slow
+
+
 def test_num_masks_is_averaged_over_processes(tmp_path):
     launch(_count_masks_worker, 2, dist_url="auto", args=(str(tmp_path),))
     values = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

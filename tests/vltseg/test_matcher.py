@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from vltseg.modeling import HungarianMatcher
 from vltseg.modeling.matcher import pairwise_dice, pairwise_sigmoid_ce
 
-from .test_pixel_decoder import tiny_cfg
+from .tiny_head import tiny_cfg
 
 
 def _random_masks(n, h=16, w=24, seed=0):

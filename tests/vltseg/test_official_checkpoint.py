@@ -19,6 +19,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_sem_seg_head
 from torch import nn
 
+from tests.paths import CONFIGS
 from vlt_common.config import add_vlt_common_config
 from vltseg.config import add_vltseg_config
 from vltseg.modeling import build_criterion
@@ -42,6 +43,8 @@ def _cfg(golden):
     cfg = get_cfg()
     add_vlt_common_config(cfg)
     add_vltseg_config(cfg)
+    # VLTSeg's values of Detectron2's own SEM_SEG_HEAD keys (the Mask2Former head)
+    cfg.merge_from_file(os.path.join(CONFIGS, "Base-VLTSeg.yaml"))
     for key, value in golden["config"].items():
         node = cfg
         *parents, leaf = key.split(".")

@@ -13,7 +13,7 @@ from vlt_common.engine.defaults import get_vlt_cfg
 from vltseg import VLTSeg
 from vltseg.meta_arch import MaskFormer, semantic_inference
 
-from .test_meta_arch import batch, tiny_cfg
+from .tiny_model import batch, tiny_cfg
 
 # The official key set of Base-Cityscapes-SemanticSegmentation.yaml (model and solver parts),
 # with the official values; written by the test, not read from the official repository.
@@ -156,6 +156,8 @@ def test_official_semantic_config_builds_the_official_model(tmp_path):
         ("MODEL.MASK_FORMER.TEST.SEMANTIC_ON", False, "semantic segmentation only"),
     ],
 )
+
+
 def test_unsupported_official_values_are_rejected(tmp_path, key, value, match):
     cfg = _official_cfg(tmp_path, key, value)
     with pytest.raises(ValueError, match=match):

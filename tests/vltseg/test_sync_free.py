@@ -12,7 +12,7 @@ from torch.utils._pytree import tree_flatten
 import vltseg.meta_arch as meta_arch
 from vltseg.modeling import HungarianMatcher, SetCriterion
 
-from .test_meta_arch import batch, tiny_cfg
+from .tiny_model import batch, tiny_cfg
 
 aten = torch.ops.aten
 # Ops whose result size or value needs the device's data on the host.

@@ -3,6 +3,7 @@ behaviour: CLIP's own image projection, refinement on the raw text embeddings, t
 decoder's attention and initialization, the always-on score-map concatenation, the loss
 reduction and the weight decay of the context vectors and gamma."""
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from detectron2.layers import ShapeSpec
 from open_clip import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
+from tests.paths import CONFIGS
 from vlt_common.engine.defaults import get_vlt_cfg
 from vlt_common.modeling.backbone import CLIPViTBackbone
 from vlt_common.modeling.backbone.trunk_builder import build_trunk
@@ -142,6 +144,8 @@ def test_no_clip_projection_without_the_text_head():
 
 def test_from_config_needs_the_clip_projection():
     cfg = get_vlt_cfg()
+    # VLTSeg's Detectron2 keys (SEM_SEG_HEAD.IN_FEATURES res2..res5) come with its base config
+    cfg.merge_from_file(os.path.join(CONFIGS, "Base-VLTSeg.yaml"))
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_WIDTH = 64
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_LAYERS = 1
     cfg.MODEL.VLTSEG.TEXT_HEAD.TEXT_HEADS = 2

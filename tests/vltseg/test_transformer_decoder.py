@@ -11,7 +11,7 @@ from vltseg.modeling import (
 )
 from vltseg.modeling.transformer_decoder import attention_mask_from_masks
 
-from .test_pixel_decoder import features, input_shape, tiny_cfg
+from .tiny_head import features, input_shape, tiny_cfg
 
 LEVEL_SIZES = [(2, 3), (4, 6), (8, 12)]  # coarse to fine
 

@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 from vlt_common.engine.defaults import get_vlt_cfg
 from vltseg import VLTSeg
 
-from .test_meta_arch import assert_grads_match_requires_grad, batch, shrink_head
+from .tiny_model import assert_grads_match_requires_grad, batch, shrink_head
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("vltseg_*.yaml")) + ["Base-VLTSeg.yaml"]
@@ -55,6 +55,8 @@ def test_all_expected_configs_exist():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+
+
 def test_config_builds_and_trains_one_step(name):
     cfg = _tiny(_load(name))
     model = build_model(cfg)
@@ -106,6 +108,8 @@ def test_gta5_recipe():
         ("vltseg_evaclip-l14_gta5_5k.yaml", "EVA02-L-14"),
     ],
 )
+
+
 def test_backbone_configs_differ_only_in_the_backbone(name, arch):
     cfg, ref = _load(name), _load("vltseg_gta5.yaml")
     assert cfg.MODEL.VLT_BACKBONE.ARCH == arch
