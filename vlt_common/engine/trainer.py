@@ -26,6 +26,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from vlt_common.data.corruptions import register_corrupted_datasets
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine.checkpoint import AtomicCheckpointer
 from vlt_common.utils.model_stats import parameter_table
@@ -191,6 +192,7 @@ class VLTTrainer(DefaultTrainer):
             summary (mean over target domains, and so on) when there is more than one dataset.
         """
         datasets = list(cfg.DATASETS.TEST)
+        register_corrupted_datasets(datasets)
         if evaluators is not None and len(evaluators) != len(datasets):
             raise ValueError(
                 f"{len(evaluators)} evaluators given for {len(datasets)} datasets in DATASETS.TEST"
