@@ -104,3 +104,12 @@ def add_vlt_common_config(cfg):
     cfg.TEST.DG.SOURCE_DATASET = ""
     # Prediction overlays written per test domain (0 disables them).
     cfg.TEST.DG.NUM_VIS = 4
+
+    # Benchmark-server submissions (vlt_common.evaluation.submission).
+    cfg.TEST.SUBMISSION = CN()
+    # Folder for the test servers' files: every dataset of DATASETS.TEST gets label-id PNGs in
+    # <DIR>/<dataset>/ and the archive to upload, <DIR>/<dataset>.zip. "" writes none.
+    cfg.TEST.SUBMISSION.DIR = ""
+    # "cityscapes" (<city>/<city>_<seq>_<frame>_pred.png), "acdc"
+    # (<condition>/<split>/<sequence>/<name>_rgb_anon.png) or "auto" (from the image names).
+    cfg.TEST.SUBMISSION.FORMAT = "auto"

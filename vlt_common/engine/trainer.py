@@ -204,7 +204,8 @@ class VLTTrainer(DefaultTrainer):
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", name)
                 print_csv_format(results[name])
-        if comm.is_main_process() and len(datasets) > 1:
+        # Test splits written for a benchmark server (TEST.SUBMISSION.DIR) have no metrics.
+        if comm.is_main_process() and sum(bool(r) for r in results.values()) > 1:
             results[DG_RESULTS_KEY] = cls.write_report(cfg, results)
         return results
 
