@@ -15,6 +15,7 @@ reading its image with :func:`read_dataset_image` instead of ``read_image``.
 """
 import functools
 import hashlib
+import os
 import re
 import warnings
 from typing import Dict, List, Optional, Sequence
@@ -128,7 +129,8 @@ def _patch_gaussian(impl):
 
 
 def _seed(file_name: str, corruption: str, severity: int) -> int:
-    key = f"{file_name.replace(chr(92), '/').rsplit('/', 1)[-1]}|{corruption}|{severity}"
+    """A 32-bit seed from the file's name (not its folder), the corruption and the severity."""
+    key = f"{os.path.basename(file_name)}|{corruption}|{severity}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
 
 
