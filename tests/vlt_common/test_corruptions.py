@@ -1,10 +1,13 @@
 """Corrupted test domains (Cityscapes-C style): registration, the corrupted pixels, determinism,
 the semantic mapper's hook and the grouped DG report."""
+import argparse
+import json
 import shutil
 from collections import OrderedDict
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from vlt_common.data.conversion import write_png
@@ -247,3 +250,56 @@ def test_report_groups_corruptions_by_corruption_and_severity(src_dataset):
     ]
     main_table = text.split("Per-class")[0]
     assert "src_c_fog_1" not in main_table
+
+
+def test_setup_cfg_registers_corrupted_test_domains_early(tiny_dataset):
+    from vlt_common.engine import setup_cfg
+
+    opts = ["DATASETS.TEST", "('corr_tiny_c_zoom_blur_2',)"]
+    args = argparse.Namespace(config_file="", opts=opts)
+    setup_cfg(args, log=False)
+    assert MetadataCatalog.get("corr_tiny_c_zoom_blur_2").severity == 2
+    args.opts = ["DATASETS.TEST", "('corr_tiny', 'corr_tiny_c_haze_2')"]
+    with pytest.raises(ValueError, match="corr_tiny_c_haze_2: unknown corruption 'haze'"):
+        setup_cfg(args, log=False)
+
+
+class _RedModel(torch.nn.Module):
+    """Predicts class 1 where the red channel is above 127, else class 0 (RGB input)."""
+
+    def forward(self, inputs):
+        outputs = []
+        for inp in inputs:
+            red = inp["image"][0] > 127
+            scores = torch.nn.functional.one_hot(red.long(), 19).permute(2, 0, 1).float()
+            outputs.append({"sem_seg": scores})
+        return outputs
+
+
+def test_one_eval_pass_reports_corrupted_domains_grouped(tiny_dataset, tmp_path):
+    from vlt_common.engine import VLTTrainer, get_vlt_cfg
+
+    cfg = get_vlt_cfg()
+    cfg.INPUT.DATASET_MAPPER_NAME = "semantic_dg"
+    cfg.INPUT.RESIZE_TEST = (0, 0)
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.TEST.DG.NUM_VIS = 0
+    cfg.OUTPUT_DIR = str(tmp_path)
+    corrupted = [f"corr_tiny_c_{c}_{s}" for c in ("brightness", "contrast") for s in (1, 5)]
+    cfg.DATASETS.TEST = ["corr_tiny"] + corrupted
+    results = VLTTrainer.test(cfg, _RedModel())
+    with open(tmp_path / "dg_report.json") as f:
+        report = json.load(f)
+    assert report["targets"] == [] and report["corrupted"] == corrupted
+    grouped = report["tasks"]["sem_seg"]["corruptions"]["corr_tiny"]
+    clean = results["corr_tiny"]["sem_seg"]["mIoU"]
+    for corruption in ("brightness", "contrast"):
+        row = grouped["corruptions"][corruption]
+        values = [results[f"corr_tiny_c_{corruption}_{s}"]["sem_seg"]["mIoU"] for s in (1, 5)]
+        assert row["severities"] == {"1": values[0], "5": values[1]}
+        assert row["mean"] == pytest.approx(np.mean(values))
+        assert row["rPD"] == pytest.approx(100 * np.mean(values) / clean)
+    # brightness lifts red above 127 and contrast pulls it towards the mean: both change the map
+    assert results["corr_tiny_c_brightness_5"]["sem_seg"]["mIoU"] != clean
+    assert results["corr_tiny_c_contrast_5"]["sem_seg"]["mIoU"] != clean
