@@ -110,7 +110,9 @@ def draw(image_rgb, prediction, metadata, score_threshold):
 def load_model(cfg):
     """The model in eval mode with ``MODEL.WEIGHTS`` loaded, and the inference mapper."""
     if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: pass the trained checkpoint to draw predictions of")
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: pass the trained checkpoint to draw predictions of"
+        )
     model = build_model(cfg).eval()
     AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model, build_dataset_mapper(cfg, is_train=False)
