@@ -29,6 +29,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
+from vlt_common.data.corruptions import check_corruption, read_dataset_image
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine import AtomicCheckpointer, get_vlt_cfg
 
@@ -53,6 +54,11 @@ def build_parser():
         help="registered dataset whose class names/colours to draw (default: DATASETS.TEST[0])",
     )
     parser.add_argument("--score-threshold", type=float, default=0.5, help="detection only")
+    parser.add_argument(
+        "--corruption", nargs=2, metavar=("NAME", "SEVERITY"), default=None,
+        help="with --input: corrupt each image first, as the <dataset>_c_<NAME>_<SEVERITY> test "
+        "domains do (e.g. fog 3), and draw on the corrupted image",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser
 
@@ -187,9 +193,13 @@ def run_video(cfg, video_path, output, metadata, score_threshold=0.5):
     return out_path
 
 
-def run(cfg, paths, output_dir, metadata, score_threshold=0.5):
+def run(cfg, paths, output_dir, metadata, score_threshold=0.5, corruption=None):
     """
     Predict and draw every image of ``paths`` into ``output_dir`` (same file names, .png).
+
+    Args:
+        corruption (dict or None): {"name", "severity"}: predict and draw the image corrupted
+            as in the corrupted test domains (:mod:`vlt_common.data.corruptions`).
 
     Returns:
         list[str]: the written files.
@@ -198,12 +208,16 @@ def run(cfg, paths, output_dir, metadata, score_threshold=0.5):
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for path in tqdm.tqdm(paths, desc="predicting", unit="image"):
-        with Image.open(path) as im:
-            width, height = im.size
-        inputs = mapper({"file_name": path, "height": height, "width": width})
-        with torch.no_grad():
-            prediction = model([inputs])[0]
-        image_rgb = np.asarray(Image.open(path).convert("RGB"))
+        if corruption is not None:
+            image_rgb = read_dataset_image({"file_name": path, "corruption": corruption}, "RGB")
+            prediction = predict_array(model, mapper, image_rgb)
+        else:
+            with Image.open(path) as im:
+                width, height = im.size
+            inputs = mapper({"file_name": path, "height": height, "width": width})
+            with torch.no_grad():
+                prediction = model([inputs])[0]
+            image_rgb = np.asarray(Image.open(path).convert("RGB"))
         vis = draw(image_rgb, prediction, metadata, score_threshold)
         out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
         Image.fromarray(vis).save(out)
@@ -211,8 +225,23 @@ def run(cfg, paths, output_dir, metadata, score_threshold=0.5):
     return written
 
 
+def parse_corruption(parser, args):
+    """``--corruption NAME SEVERITY`` as {"name", "severity"}, or None; errors exit."""
+    if not args.corruption:
+        return None
+    if args.video_input:
+        parser.error("--corruption applies to --input images only (it is seeded per file name)")
+    name, severity = args.corruption
+    if not severity.isdigit():
+        parser.error(f"--corruption {name} {severity}: the severity must be an integer 1..5")
+    check_corruption(name, int(severity), "--corruption")
+    return {"name": name, "severity": int(severity)}
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    corruption = parse_corruption(parser, args)
     logging.basicConfig(level=logging.INFO)
     cfg = get_vlt_cfg()
     cfg.merge_from_file(args.config_file)
@@ -225,7 +254,8 @@ def main(argv=None):
         written = run_video(cfg, args.video_input, args.output, metadata, args.score_threshold)
         print(f"wrote the annotated video {os.path.abspath(written)}")
         return written
-    written = run(cfg, expand_inputs(args.input), args.output, metadata, args.score_threshold)
+    paths = expand_inputs(args.input)
+    written = run(cfg, paths, args.output, metadata, args.score_threshold, corruption)
     print(f"wrote {len(written)} overlays to {os.path.abspath(args.output)}")
     return written
 

@@ -119,6 +119,29 @@ def test_demo_annotates_a_video(tmp_path, seg_weights, output):
         assert np.abs(after - before).mean() > 10.0  # the frame carries the overlay
 
 
+def test_demo_draws_corrupted_images(tmp_path, seg_weights):
+    from vlt_common.data.corruptions import read_dataset_image
+
+    demo = load_tool("demo")
+    _image(tmp_path / "street.png", 64, 128, 3)
+    args = ["--config-file", SEG_CONFIG, "--input", str(tmp_path / "street.png"),
+            "MODEL.WEIGHTS", seg_weights]
+    (clean,) = demo.main(args[:4] + ["--output", str(tmp_path / "clean")] + args[4:])
+    (fog,) = demo.main(args[:4] + ["--output", str(tmp_path / "fog"), "--corruption", "fog",
+                                   "5"] + args[4:])
+    fog_rgb = read_dataset_image(
+        {"file_name": str(tmp_path / "street.png"), "corruption": {"name": "fog", "severity": 5}},
+        "RGB",
+    ).astype(int)
+    drawn_fog = np.asarray(Image.open(fog).convert("RGB")).astype(int)
+    drawn_clean = np.asarray(Image.open(clean).convert("RGB")).astype(int)
+    # Drawn over the fogged image (closer to it than the clean drawing is), not the clean one.
+    assert np.abs(drawn_fog - fog_rgb).mean() < np.abs(drawn_clean - fog_rgb).mean()
+    with pytest.raises(ValueError, match="--corruption: unknown corruption 'haze'"):
+        demo.main(args[:4] + ["--output", str(tmp_path / "x"), "--corruption", "haze", "1"]
+                  + args[4:])
+
+
 def test_demo_video_errors_name_the_file(tmp_path, seg_weights):
     demo = load_tool("demo")
     bogus = tmp_path / "clip.mp4"

@@ -32,6 +32,7 @@ __all__ = [
     "EXTRA_CORRUPTIONS",
     "CORRUPTIONS",
     "SEVERITIES",
+    "check_corruption",
     "corrupt_image",
     "corrupted_name",
     "parse_corrupted_name",
@@ -83,7 +84,9 @@ def parse_corrupted_name(name: str) -> Optional[Dict]:
     }
 
 
-def _check(corruption: str, severity: int, what: str) -> None:
+def check_corruption(corruption: str, severity: int, what: str) -> None:
+    """Raise ValueError (starting with ``what``) unless ``corruption`` is one of
+    :data:`CORRUPTIONS` and ``severity`` one of :data:`SEVERITIES`."""
     if corruption not in CORRUPTIONS:
         raise ValueError(
             f"{what}: unknown corruption {corruption!r}; the imagecorruptions package has "
@@ -150,7 +153,7 @@ def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) 
     Returns:
         np.ndarray: HxWx3 uint8 RGB, the same size as ``image``.
     """
-    _check(corruption, severity, "corrupt_image")
+    check_corruption(corruption, severity, "corrupt_image")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(
             f"corrupt_image needs an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}"
@@ -227,7 +230,7 @@ def register_corrupted_dataset(base: str, corruption: str, severity: int) -> str
         ValueError: unknown corruption or severity, or ``base`` is not a semantic dataset.
     """
     name = corrupted_name(base, corruption, severity)
-    _check(corruption, severity, name)
+    check_corruption(corruption, severity, name)
     if base not in DatasetCatalog.list():
         raise KeyError(f"{name}: the clean dataset {base!r} is not registered")
     meta = MetadataCatalog.get(base).as_dict()
