@@ -20,6 +20,8 @@ fi
 "$PY" -m pip install -q --upgrade "pip>=23.2"
 echo "[install] installing pinned dependencies (torch is a large local wheel; this takes a few minutes)"
 "$PY" -m pip install -q -r requirements.txt
+# Corruption robustness; --no-deps: see requirements.txt (its other needs are pinned there).
+"$PY" -m pip install -q --no-deps imagecorruptions==1.1.2
 
 # Detectron2 is not on PyPI under its own name. `sal-detectron2` repackages Detectron2 main (2024);
 # its only wheel is tagged cp310-none-any although its Python code runs on any Python 3. Keep a

@@ -176,3 +176,12 @@ def add_vlt_common_config(cfg):
     # official cityscapesscripts evaluation and the benchmark servers do (used by the configs that
     # target paper / server numbers). Printed in the DG report.
     cfg.TEST.MIOU_ABSENT_CLASSES = "nan"
+
+    # Benchmark-server submissions (vlt_common.evaluation.submission).
+    cfg.TEST.SUBMISSION = CN()
+    # Folder for the test servers' files: every dataset of DATASETS.TEST gets label-id PNGs in
+    # <DIR>/<dataset>/ and the archive to upload, <DIR>/<dataset>.zip. "" writes none.
+    cfg.TEST.SUBMISSION.DIR = ""
+    # "cityscapes" (<city>/<city>_<seq>_<frame>_pred.png), "acdc"
+    # (<condition>/<split>/<sequence>/<name>_rgb_anon.png) or "auto" (from the image names).
+    cfg.TEST.SUBMISSION.FORMAT = "auto"

@@ -70,6 +70,89 @@ def test_demo_errors_name_the_problem(tmp_path, seg_weights):
                    str(tmp_path / "o")])
 
 
+def _write_video(path, frames, fps=5.0):
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame[:, :, ::-1])
+    writer.release()
+
+
+def _read_video(path):
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    fps, frames = capture.get(cv2.CAP_PROP_FPS), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame[:, :, ::-1].astype(int))
+    capture.release()
+    return fps, frames
+
+
+@pytest.mark.parametrize("output", ["drive_vis.mp4", "drive_vis.avi", "folder"])
+def test_demo_annotates_a_video(tmp_path, seg_weights, output):
+    demo = load_tool("demo")
+    # Smooth frames (a moving gradient): the codecs keep them within a few grey levels, far
+    # below what an overlay changes.
+    y, x = np.mgrid[0:64, 0:96]
+    frames = [
+        np.stack([(x * 2 + 20 * k) % 256, y * 3, np.full_like(x, 90)], -1).astype(np.uint8)
+        for k in range(4)
+    ]
+    video = tmp_path / "drive.avi"
+    _write_video(video, frames)
+    _, decoded_input = _read_video(video)
+    written = demo.main(["--config-file", SEG_CONFIG, "--video-input", str(video), "--output",
+                         str(tmp_path / output), "MODEL.WEIGHTS", seg_weights])
+    expected = tmp_path / ("folder/drive.mp4" if output == "folder" else output)
+    assert written == str(expected)
+    fps, drawn = _read_video(expected)
+    assert fps == pytest.approx(5.0) and len(drawn) == 4
+    for before, after in zip(decoded_input, drawn):
+        assert after.shape == (64, 96, 3)
+        assert np.abs(after - before).mean() > 10.0  # the frame carries the overlay
+
+
+def test_demo_draws_corrupted_images(tmp_path, seg_weights):
+    from vlt_common.data.corruptions import read_dataset_image
+
+    demo = load_tool("demo")
+    _image(tmp_path / "street.png", 64, 128, 3)
+    args = ["--config-file", SEG_CONFIG, "--input", str(tmp_path / "street.png"),
+            "MODEL.WEIGHTS", seg_weights]
+    (clean,) = demo.main(args[:4] + ["--output", str(tmp_path / "clean")] + args[4:])
+    (fog,) = demo.main(args[:4] + ["--output", str(tmp_path / "fog"), "--corruption", "fog",
+                                   "5"] + args[4:])
+    fog_rgb = read_dataset_image(
+        {"file_name": str(tmp_path / "street.png"), "corruption": {"name": "fog", "severity": 5}},
+        "RGB",
+    ).astype(int)
+    drawn_fog = np.asarray(Image.open(fog).convert("RGB")).astype(int)
+    drawn_clean = np.asarray(Image.open(clean).convert("RGB")).astype(int)
+    # Drawn over the fogged image (closer to it than the clean drawing is), not the clean one.
+    assert np.abs(drawn_fog - fog_rgb).mean() < np.abs(drawn_clean - fog_rgb).mean()
+    with pytest.raises(ValueError, match="--corruption: unknown corruption 'haze'"):
+        demo.main(args[:4] + ["--output", str(tmp_path / "x"), "--corruption", "haze", "1"]
+                  + args[4:])
+
+
+def test_demo_video_errors_name_the_file(tmp_path, seg_weights):
+    demo = load_tool("demo")
+    bogus = tmp_path / "clip.mp4"
+    bogus.write_text("not a video")
+    with pytest.raises(ValueError, match="clip.mp4.*not a video file OpenCV can read"):
+        demo.main(["--config-file", SEG_CONFIG, "--video-input", str(bogus), "--output",
+                   str(tmp_path / "o.mp4"), "MODEL.WEIGHTS", seg_weights])
+    with pytest.raises(SystemExit):  # --input and --video-input exclude each other
+        demo.main(["--config-file", SEG_CONFIG, "--video-input", str(bogus), "--input",
+                   str(bogus), "--output", str(tmp_path)])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="shared Cityscapes sample not present")
 def test_demo_on_the_real_cityscapes_frame(tmp_path, seg_weights):

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from vlt_common.config import add_vlt_common_config, registered_project_configs
+from vlt_common.data.corruptions import register_corrupted_datasets
 
 __all__ = ["get_vlt_cfg", "setup_cfg"]
 
@@ -88,6 +89,8 @@ def setup_cfg(args, *, log=True):
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE=cpu).")
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    # Corrupted test domains are registered now, so that a bad name fails before training.
+    register_corrupted_datasets(cfg.DATASETS.TEST)
     if log:
         default_setup(cfg, args)
         # default_setup configures Detectron2's loggers only; VLT's report, progress and

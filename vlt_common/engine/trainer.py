@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from vlt_common.data.checks import check_datasets
+from vlt_common.data.corruptions import register_corrupted_datasets
 from vlt_common.data.mapper_registry import build_dataset_mapper
 from vlt_common.engine.checkpoint import AtomicCheckpointer
 from vlt_common.utils.model_stats import parameter_table
@@ -320,6 +321,7 @@ class VLTTrainer(DefaultTrainer):
             summary (mean over target domains, and so on) when there is more than one dataset.
         """
         datasets = list(cfg.DATASETS.TEST)
+        register_corrupted_datasets(datasets)
         if evaluators is not None and len(evaluators) != len(datasets):
             raise ValueError(
                 f"{len(evaluators)} evaluators given for {len(datasets)} datasets in DATASETS.TEST"
@@ -346,7 +348,8 @@ class VLTTrainer(DefaultTrainer):
                 print_csv_format(results[name])
         if not results:
             raise RuntimeError(f"every test dataset failed to evaluate: {dict(failed)}")
-        if comm.is_main_process() and len(datasets) > 1:
+        # Test splits written for a benchmark server (TEST.SUBMISSION.DIR) have no metrics.
+        if comm.is_main_process() and sum(bool(r) for r in results.values()) + len(failed) > 1:
             results[DG_RESULTS_KEY] = cls.write_report(cfg, results, failed)
         return results
 

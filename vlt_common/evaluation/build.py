@@ -2,10 +2,12 @@
 import os
 
 from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils.registry import Registry
 
 from .coco_evaluator import DGCOCOEvaluator
 from .sem_seg_evaluator import DGSemSegEvaluator
+from .submission import SubmissionWriter
 
 __all__ = ["EVALUATOR_REGISTRY", "build_evaluator"]
 
@@ -43,11 +45,13 @@ def coco(cfg, dataset_name, output_folder):
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """
-    Build the evaluator of one test dataset.
+    Build the evaluator of one test dataset. With ``TEST.SUBMISSION.DIR`` set, a semantic dataset
+    gets a :class:`SubmissionWriter` (the benchmark server's files), together with its metric
+    evaluator when it has labels (``sem_seg_root`` in its metadata; test splits have none).
 
     Args:
-        cfg (CfgNode): reads ``TEST.DG.NUM_VIS``, ``TEST.MIOU_ABSENT_CLASSES`` (and
-            ``OUTPUT_DIR`` for the default folder).
+        cfg (CfgNode): reads ``TEST.DG.NUM_VIS``, ``TEST.MIOU_ABSENT_CLASSES``,
+            ``TEST.SUBMISSION`` (and ``OUTPUT_DIR`` for the default folder).
         dataset_name (str): a registered dataset whose metadata has ``evaluator_type``
             ("dg_sem_seg" or "coco", or any type added to ``EVALUATOR_REGISTRY``).
         output_folder (str or None): where the evaluator writes; default
@@ -70,4 +74,11 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
             f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}, which VLT cannot "
             f"evaluate; known types: {known} (register more in EVALUATOR_REGISTRY)"
         )
+    if cfg.TEST.SUBMISSION.DIR and evaluator_type == "dg_sem_seg":
+        writer = SubmissionWriter(
+            dataset_name, cfg.TEST.SUBMISSION.DIR, cfg.TEST.SUBMISSION.FORMAT, distributed=True
+        )
+        if not hasattr(MetadataCatalog.get(dataset_name), "sem_seg_root"):
+            return writer
+        return DatasetEvaluators([dg_sem_seg(cfg, dataset_name, output_folder), writer])
     return EVALUATOR_REGISTRY.get(evaluator_type)(cfg, dataset_name, output_folder)

@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from vlt_common.utils.atomic import atomic_write_bytes
 
+from .corruption_report import corruption_of, format_corruption_tables, group_corruptions
 from .plot import plot_dg_report
 from .sem_seg_evaluator import MIOU_CONVENTIONS
 
@@ -115,13 +116,17 @@ def build_dg_report(results, source_dataset=None, *, failed=None, miou_conventio
     source = source_dataset or datasets[0]
     if source not in results and source not in failed:
         raise KeyError(f"source dataset {source!r} is not among the evaluated datasets {datasets}")
-    targets = [name for name in datasets if name != source]
+    # Corrupted domains are grouped on their own (corruption_report), not averaged as targets.
+    corrupted = [name for name in datasets if name != source and corruption_of(name)]
+    targets = [name for name in datasets if name != source and name not in corrupted]
     report = {"source": source, "targets": targets, "rPD_definition": RPD_DEFINITION, "tasks": {}}
     report["failed"] = failed
     if miou_convention is not None:
         report["miou_convention"] = f"{miou_convention}: {MIOU_CONVENTIONS[miou_convention]}"
     for name, why in failed.items():
         logger.error("Test dataset %s was not evaluated: %s", name, why)
+    if corrupted:
+        report["corrupted"] = corrupted
     summary = {}
     for task, spec in TASKS.items():
         have = [name for name in datasets if task in results[name]]
@@ -136,12 +141,13 @@ def build_dg_report(results, source_dataset=None, *, failed=None, miou_conventio
                 m: relative_performance(v, source_metrics.get(m, float("nan")))
                 for m, v in entry["metrics"].items()
             }
-        task_targets = [name for name in have if name != source]
+        task_targets = [name for name in have if name in targets]
         mean = _mean_entry([entries[name] for name in task_targets], source_metrics, spec)
         report["tasks"][task] = {"metric": spec.primary, "datasets": entries, "mean_target": mean}
         for metric in spec.headline:
             summary[f"{task}/{metric}/mean_target"] = mean["metrics"][metric]
             summary[f"{task}/{metric}/rPD"] = mean["rPD"][metric]
+        _add_corruptions(task, report["tasks"][task], entries, corrupted, source_metrics, summary)
         if len(report["tasks"]) == 1:
             summary["mean_target"] = mean["metrics"][spec.primary]
             summary["source"] = source_metrics.get(spec.primary, float("nan"))
@@ -152,6 +158,20 @@ def build_dg_report(results, source_dataset=None, *, failed=None, miou_conventio
         logger.warning("Only the source dataset %s was evaluated: no target domains", source)
     report["summary"] = summary
     return report
+
+
+def _add_corruptions(task, task_report, entries, corrupted, source_metrics, summary):
+    spec = TASKS[task]
+    values = {n: entries[n]["metrics"][spec.primary] for n in corrupted if n in entries}
+    if not values:
+        return
+    source_value = source_metrics.get(spec.primary, float("nan"))
+    grouped = group_corruptions(values, source_value, relative_performance)
+    task_report["corruptions"] = grouped
+    for clean, data in grouped.items():
+        for group, row in data["means"].items():
+            key = f"{task}/{spec.primary}/{clean}_c/mean_{group}"
+            summary[key], summary[f"{key}/rPD"] = row["mean"], row["rPD"]
 
 
 def _entry(name, task_results, spec):
@@ -227,6 +247,13 @@ def format_dg_tables(report):
             blocks.append(
                 f"Per-class {spec.per_class_prefix.rstrip('-')} ({task}):\n"
                 + tabulate(class_rows, class_headers, tablefmt="pipe")
+            )
+        if "corruptions" in data:
+            clean_values = {
+                n: entries[n]["metrics"][spec.primary] for n in data["corruptions"] if n in entries
+            }
+            blocks += format_corruption_tables(
+                task, spec.primary, data["corruptions"], clean_values
             )
     for name, why in report.get("failed", {}).items():
         blocks.append(f"FAILED, not evaluated: {name}: {why}")

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from vlt_common.data.io import read_image, read_sem_seg
+from vlt_common.data.corruptions import read_dataset_image
+from vlt_common.data.io import read_sem_seg
 from vlt_common.data.mapper_registry import DATASET_MAPPER_REGISTRY
 
 from .transforms import PhotometricDistortion, RandomRescale, short_edge_choice_resize
@@ -165,7 +166,8 @@ class SemanticDGDatasetMapper:
             dict: see the class docstring.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"], self.image_format)
+        # Corrupted test domains (``<dataset>_c_<corruption>_<severity>``) corrupt it here.
+        image = read_dataset_image(dataset_dict, self.image_format)
         dataset_dict.setdefault("height", image.shape[0])
         dataset_dict.setdefault("width", image.shape[1])
 
