@@ -10,7 +10,6 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from vlt_common.data.conversion import write_png
 from vlt_common.data.corruptions import (
     COMMON_CORRUPTIONS,
     CORRUPTIONS,
@@ -24,6 +23,7 @@ from vlt_common.data.corruptions import (
 from vlt_common.data.datasets import SemSegPart, register_dg_sem_seg
 from vlt_common.data.io import read_image
 from vlt_common.evaluation.dg_report import build_dg_report, format_dg_tables
+from vlt_common.utils.atomic import write_png
 
 # Corruptions whose mean absolute change grows strictly with the severity on the test image.
 # Not the others: glass blur, frost and fog saturate (their severity 4 is not farther than 3 on a

@@ -10,7 +10,6 @@ from detectron2.data import DatasetCatalog
 from PIL import Image
 
 from tests.vlt_common.test_datasets import registered_at  # noqa: F401 (fixture)
-from vlt_common.data.conversion import write_png
 from vlt_common.engine import VLTTrainer, get_vlt_cfg
 from vlt_common.evaluation import build_evaluator
 from vlt_common.evaluation.submission import (
@@ -18,6 +17,7 @@ from vlt_common.evaluation.submission import (
     submission_path,
     train_ids_to_label_ids,
 )
+from vlt_common.utils.atomic import write_png
 
 # Cityscapes label id of train ids 0..18 (cityscapesscripts' labels.py, by hand).
 LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]

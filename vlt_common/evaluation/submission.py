@@ -23,8 +23,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from vlt_common.data.conversion import write_png
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
+from vlt_common.utils.atomic import write_png
 
 __all__ = [
     "SUBMISSION_FORMATS",
