@@ -346,7 +346,7 @@ class VLTTrainer(DefaultTrainer):
             if comm.is_main_process():
                 logger.info("Evaluation results for %s in csv format:", name)
                 print_csv_format(results[name])
-        if not results:
+        if failed and not results:
             raise RuntimeError(f"every test dataset failed to evaluate: {dict(failed)}")
         # Test splits written for a benchmark server (TEST.SUBMISSION.DIR) have no metrics.
         if comm.is_main_process() and sum(bool(r) for r in results.values()) + len(failed) > 1:
