@@ -19,15 +19,12 @@ the model was built (activations, gradients, optimizer state); with ``--device c
 """
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
-from pathlib import Path
 from typing import List, Optional
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-_CONFIG = _REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
+from benchmarks.workers import REPO_ROOT, run_worker
+
+_CONFIG = REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
 VARIANTS = {  # name -> (accumulate, checkpoint)
     "baseline": (False, False),
     "accumulation": (True, False),
@@ -108,14 +105,11 @@ def _worker(args) -> dict:
 
 
 def _run_worker(variant: str, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_train_memory", "--worker", variant]
-    cmd += ["--size", str(args.size), "--batch", str(args.batch), "--arch", args.arch]
-    cmd += ["--accumulation", str(args.accumulation), "--device", args.device]
-    cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, cwd=_REPO_ROOT, capture_output=True, text=True, env=os.environ)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {variant!r} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(
+        "benchmarks.bench_train_memory",
+        [variant, "--size", args.size, "--batch", args.batch, "--arch", args.arch,
+         "--accumulation", args.accumulation, "--device", args.device, "--threads", args.threads],
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

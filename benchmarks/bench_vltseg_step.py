@@ -25,15 +25,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 from typing import List, Optional
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-_CONFIG = _REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
+from benchmarks.workers import REPO_ROOT, run_worker
+
+_CONFIG = REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
 
 # Dense bf16 peak of known cards (FLOP/s, one multiply-add = 2 flops), for the MFU.
 _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
@@ -214,15 +212,10 @@ def _worker(args) -> dict:
 
 
 def _run_worker(kind: str, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.bench_vltseg_step", "--worker", kind]
-    cmd += ["--size", str(args.size), "--iters", str(args.iters), "--arch", args.arch]
-    cmd += ["--threads", str(args.threads), "--device", args.device, "--batch", str(args.batch)]
-    cmd += ["--warmup", str(args.warmup), "--amp", args.amp]
-    cmd += ["--peak-tflops", str(args.peak_tflops)] + (["--tiny"] if args.tiny else [])
-    proc = subprocess.run(cmd, cwd=_REPO_ROOT, capture_output=True, text=True, env=os.environ)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {kind!r} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    argv = [kind, "--size", args.size, "--iters", args.iters, "--arch", args.arch,
+            "--threads", args.threads, "--device", args.device, "--batch", args.batch,
+            "--warmup", args.warmup, "--amp", args.amp, "--peak-tflops", args.peak_tflops]
+    return run_worker("benchmarks.bench_vltseg_step", argv + (["--tiny"] if args.tiny else []))
 
 
 def _parser() -> argparse.ArgumentParser:
