@@ -39,6 +39,32 @@ __all__ = ["ms_deform_attn_triton"]
 
 
 @triton.jit
+def _bilinear_corners(x, y, H, W, q_mask):
+    """
+    Where a sample falls on a level: the top-left corner (x0, y0), the fractions (fx, fy) and
+    which of the four corners lie inside the level (rows outside ``q_mask`` are never inside).
+    Locations are normalized to [0, 1]; pixel = loc * size - 0.5, as grid_sample computes it
+    with align_corners=False. Also returns whether the location is finite.
+    """
+    px = (2.0 * x - 1.0 + 1.0) * (W.to(tl.float32) / 2.0) - 0.5
+    py = (2.0 * y - 1.0 + 1.0) * (H.to(tl.float32) / 2.0) - 0.5
+    finite = (tl.abs(px) < float("inf")) & (tl.abs(py) < float("inf"))
+    # Clamping to [-2, size + 1] keeps which corners are inside (none, beyond -1 or size) and
+    # makes the integer conversion safe for far-away or non-finite points.
+    px = tl.where(finite, tl.minimum(tl.maximum(px, -2.0), W + 1.0), -2.0)
+    py = tl.where(finite, tl.minimum(tl.maximum(py, -2.0), H + 1.0), -2.0)
+    x0f = tl.floor(px)
+    y0f = tl.floor(py)
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    in_x0 = (x0 >= 0) & (x0 < W)
+    in_x1 = (x0 >= -1) & (x0 < W - 1)
+    in_y0 = q_mask & (y0 >= 0) & (y0 < H)
+    in_y1 = q_mask & (y0 >= -1) & (y0 < H - 1)
+    return finite, x0, y0, px - x0f, py - y0f, in_x0, in_x1, in_y0, in_y1
+
+
+@triton.jit
 def _forward_kernel(
     value_ptr,  # [B, S, M, D], contiguous
     level_ptr,  # [L, 3] int32: H, W, start
@@ -75,25 +101,10 @@ def _forward_kernel(
             x = tl.load(loc_ptr + 2 * s, mask=q_mask, other=0.0).to(tl.float32)
             y = tl.load(loc_ptr + 2 * s + 1, mask=q_mask, other=0.0).to(tl.float32)
             a = tl.load(attn_ptr + s, mask=q_mask, other=0.0).to(tl.float32)
-            # Pixel coordinates as grid_sample(align_corners=False) computes them.
-            px = (2.0 * x - 1.0 + 1.0) * (W.to(tl.float32) / 2.0) - 0.5
-            py = (2.0 * y - 1.0 + 1.0) * (H.to(tl.float32) / 2.0) - 0.5
-            finite = (tl.abs(px) < float("inf")) & (tl.abs(py) < float("inf"))
+            finite, x0, y0, fx, fy, in_x0, in_x1, in_y0, in_y1 = _bilinear_corners(
+                x, y, H, W, q_mask
+            )
             bad = bad | ~finite
-            # Clamping to [-2, size + 1] keeps which corners are inside (none, beyond -1 or
-            # size) and makes the integer conversion safe for far-away or non-finite points.
-            px = tl.where(finite, tl.minimum(tl.maximum(px, -2.0), W + 1.0), -2.0)
-            py = tl.where(finite, tl.minimum(tl.maximum(py, -2.0), H + 1.0), -2.0)
-            x0f = tl.floor(px)
-            y0f = tl.floor(py)
-            fx = px - x0f
-            fy = py - y0f
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
-            in_x0 = (x0 >= 0) & (x0 < W)
-            in_x1 = (x0 >= -1) & (x0 < W - 1)
-            in_y0 = q_mask & (y0 >= 0) & (y0 < H)
-            in_y1 = q_mask & (y0 >= -1) & (y0 < H - 1)
             row = start + y0 * W + x0  # top-left corner; masked where outside
             ptr = value_base + row[:, None] * row_stride + d[None, :]
             dm = d_mask[None, :]
@@ -157,21 +168,7 @@ def _backward_kernel(
             x = tl.load(loc_ptr + 2 * s, mask=q_mask, other=0.0).to(tl.float32)
             y = tl.load(loc_ptr + 2 * s + 1, mask=q_mask, other=0.0).to(tl.float32)
             a = tl.load(attn_ptr + s, mask=q_mask, other=0.0).to(tl.float32)
-            px = (2.0 * x - 1.0 + 1.0) * (W.to(tl.float32) / 2.0) - 0.5
-            py = (2.0 * y - 1.0 + 1.0) * (H.to(tl.float32) / 2.0) - 0.5
-            finite = (tl.abs(px) < float("inf")) & (tl.abs(py) < float("inf"))
-            px = tl.where(finite, tl.minimum(tl.maximum(px, -2.0), W + 1.0), -2.0)
-            py = tl.where(finite, tl.minimum(tl.maximum(py, -2.0), H + 1.0), -2.0)
-            x0f = tl.floor(px)
-            y0f = tl.floor(py)
-            fx = px - x0f
-            fy = py - y0f
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
-            in_x0 = (x0 >= 0) & (x0 < W)
-            in_x1 = (x0 >= -1) & (x0 < W - 1)
-            in_y0 = q_mask & (y0 >= 0) & (y0 < H)
-            in_y1 = q_mask & (y0 >= -1) & (y0 < H - 1)
+            _, x0, y0, fx, fy, in_x0, in_x1, in_y0, in_y1 = _bilinear_corners(x, y, H, W, q_mask)
             m00 = (in_y0 & in_x0)[:, None] & d_mask[None, :]
             m01 = (in_y0 & in_x1)[:, None] & d_mask[None, :]
             m10 = (in_y1 & in_x0)[:, None] & d_mask[None, :]
