@@ -48,8 +48,6 @@ MULTISCALE = ["res2", "res3", "res4", "res5"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-
-
 def test_output_names_shapes_strides(arch):
     multi = CLIPViTBackbone(tiny_cfg(arch))
     single = CLIPViTBackbone(single_cfg(arch))
@@ -81,8 +79,6 @@ def test_subset_of_features_builds_only_their_neck():
 
 
 @pytest.mark.parametrize("arch", PATCH14)
-
-
 def test_patch14_resampled_to_16_keeps_pretraining_grid(arch):
     backbone = CLIPViTBackbone(tiny_cfg(arch, PATCH_SIZE=16))
     trunk = backbone.trunk
@@ -97,8 +93,6 @@ def test_patch14_resampled_to_16_keeps_pretraining_grid(arch):
 
 
 @pytest.mark.parametrize("arch", PATCH14)
-
-
 def test_patch14_native_reports_true_strides(arch):
     multi = CLIPViTBackbone(tiny_cfg(arch, PATCH_SIZE=0))
     single = CLIPViTBackbone(single_cfg(arch, PATCH_SIZE=0))
@@ -112,9 +106,8 @@ def test_patch14_native_reports_true_strides(arch):
     with pytest.raises(ValueError, match="multiple of the patch size 14"):
         multi(torch.randn(1, 3, 64, 96))
 
+
 @torch.no_grad()
-
-
 def test_openclip_pos_embed_interpolation_matches_native_grid():
     """Our forward at 64x96 equals open_clip's own tower built for a 4x6 grid whose position
     embeddings are the bicubic resampling of ours."""
@@ -140,8 +133,6 @@ def test_openclip_pos_embed_interpolation_matches_native_grid():
 
 @pytest.mark.parametrize("arch", TIMM_FAMILIES)
 @torch.no_grad()
-
-
 def test_timm_dynamic_size_matches_timm_forward(arch):
     """Position embeddings (and EVA's RoPE, SAM's relative positions) follow the input size the
     way timm's own dynamic-size forward does, square or not."""
@@ -164,8 +155,6 @@ def _dinov2_reference(pos_embed, old, new):
 
 @pytest.mark.parametrize("size", [(224, 224), (64, 96)])
 @torch.no_grad()
-
-
 def test_dinov2_pos_embed_interpolation_follows_dinov2(size):
     """Away from the stored 37 x 37 grid (518 px at patch 14), DINOv2 trunks interpolate their
     position embeddings as DINOv2 does, not with timm's antialiased resize."""
@@ -222,8 +211,6 @@ def test_input_size_errors():
         ({"EMBED_DIM": 64, "NUM_HEADS": 3}, "EMBED_DIM 64 cannot be split into 3"),
     ],
 )
-
-
 def test_config_errors_name_the_key(keys, message):
     with pytest.raises(ValueError, match=message):
         CLIPViTBackbone(tiny_cfg(**keys))
@@ -262,11 +249,7 @@ def _trunk_names(backbone, layers):
 
 
 @pytest.mark.parametrize("arch", ["ViT-B-16", "EVA02-B-16", "timm:samvit_base_patch16"])
-
-
 @pytest.mark.parametrize("freeze_blocks", [0, 1, -1])
-
-
 def test_freeze_blocks_grads_reach_exactly_the_trainable(arch, freeze_blocks):
     backbone = CLIPViTBackbone(tiny_cfg(arch, FREEZE_BLOCKS=freeze_blocks))
     neck = {"neck." + n for n, _ in backbone.neck.named_parameters()}
@@ -294,8 +277,6 @@ class _StandInRein(nn.Module):
 
 
 @pytest.mark.parametrize("arch, prefix", [("ViT-B-16", 1), ("timm:samvit_base_patch16", 0)])
-
-
 def test_rein_hook_after_every_block(arch, prefix):
     trunk = build_trunk(arch, embed_dim=64, depth=2, num_heads=2)
     rein = _StandInRein(2, 64)
@@ -363,8 +344,6 @@ def test_layer_ids_follow_vitdet_semantics():
 
 
 @pytest.mark.parametrize("arch", ["ViT-B-16", "EVA02-B-16"])
-
-
 def test_drop_path_and_grad_checkpoint(arch):
     torch.manual_seed(1)
     regular = CLIPViTBackbone(tiny_cfg(arch))

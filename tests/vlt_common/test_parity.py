@@ -23,9 +23,8 @@ def _perturb(model):
             p.add_(torch.randn_like(p) * 0.02)
     return model.eval()
 
+
 @torch.no_grad()
-
-
 def _max_parity_error(reference, cfg, tmp_path, depth):
     """Save ``reference`` (a full CLIP model) as users have it, load it through the config and
     compare the final-block maps with open_clip's ``forward_intermediates``."""
@@ -71,11 +70,7 @@ def test_eva02_b_16_parity_tiny(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.parametrize("arch", ["ViT-B-16", "EVA02-B-16"])
-
-
 def test_parity_full_size(tmp_path, arch):
     reference = _perturb(open_clip.create_model(arch))
     cfg = single_cfg(arch, EMBED_DIM=0, DEPTH=0, NUM_HEADS=0)

@@ -50,9 +50,8 @@ def _assert_same_tensors(trunk, reference_state):
         if not adapter.is_head_key(key):
             assert torch.equal(value, reference_state[key].to(value.dtype)), key
 
+
 @torch.no_grad()
-
-
 def test_openai_torchscript_archive(tmp_path):
     model = _randomize(_tiny_openclip(quick_gelu=True))
     image, text = torch.randn(1, 3, 224, 224), torch.zeros(1, 8, dtype=torch.long)
@@ -75,8 +74,6 @@ def test_openai_torchscript_archive(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["bin", "wrapped_pt", "safetensors", "fp16_pt"])
-
-
 def test_openclip_state_dict_formats(tmp_path, fmt):
     model = _randomize(_tiny_openclip())
     state = model.state_dict()
@@ -187,8 +184,6 @@ def test_sam_original_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["ViT-L-14", "EVA02-L-14"])
-
-
 def test_patch14_checkpoint_resampled_to_patch16(tmp_path, arch):
     source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
     state = source.state_dict()
@@ -262,8 +257,6 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
         ("timm:vit_large_patch14_dinov2", "timm model vit_large_patch14_dinov2"),
     ],
 )
-
-
 def test_missing_file_names_path_and_expected_file(tmp_path, arch, expected):
     path = tmp_path / "weights" / "missing.pt"
     with pytest.raises(FileNotFoundError, match=expected) as info:
@@ -358,8 +351,6 @@ def test_rein_conversion_keys_reach_the_builder(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["EVA02-L-14", "timm:vit_large_patch14_dinov2"])
-
-
 def test_fp16_kernel_resampled_in_fp32(tmp_path, arch):
     """An fp16 file's 14x14 kernel is cast to fp32 before it is resampled to 16x16."""
     source = _randomize(build_trunk(arch, embed_dim=64, depth=2, num_heads=2, patch_size=0))
@@ -382,8 +373,6 @@ def test_fp16_kernel_resampled_in_fp32(tmp_path, arch):
         ("openai/open_clip_pytorch_model.bin", "ViT-B-16-quickgelu", False),
     ],
 )
-
-
 def test_openai_open_clip_file_under_gelu_arch_warns(tmp_path, caplog, name, arch, warned):
     path = tmp_path / name
     path.parent.mkdir(parents=True)
@@ -421,8 +410,6 @@ def test_directory_and_truncated_files(tmp_path):
 
 @pytest.mark.parametrize("arch", ["ViT-L-14", "EVA02-L-14"])
 @torch.no_grad()
-
-
 def test_rein_conversion_of_clip_and_eva_files(tmp_path, arch):
     """Rein converts its CLIP and EVA02 files the same way (convert_eva2_512x512.py): bicubic
     kernel, the 16 x 16 grid of 224 px at patch 14 resized to 32 x 32."""

@@ -28,8 +28,6 @@ TINY_OPTS = [
 
 
 @pytest.fixture
-
-
 def tiny_cfg():
     """Returns a function ``(config file name, *opts) -> CfgNode`` with :data:`TINY_OPTS`."""
 
@@ -43,8 +41,6 @@ def tiny_cfg():
 
 
 @pytest.fixture
-
-
 def batch():
     """Two uint8 images, 64x96 and 64x95 (not a multiple of 32), with two boxes and masks each."""
     out = []

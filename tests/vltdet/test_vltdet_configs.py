@@ -30,8 +30,6 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("name", NAMES)
-
-
 def test_config_is_consistent(tiny_cfg, name):
     cfg = tiny_cfg(name)
     assert cfg.MODEL.BACKBONE.NAME == "build_clip_vit_sfp_backbone"
@@ -50,8 +48,6 @@ def test_config_is_consistent(tiny_cfg, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-
-
 def test_square_pad_holds_every_image(name):
     # checked on the configs as written (the tiny overrides turn the square pad off)
     cfg = get_vlt_cfg()
@@ -62,8 +58,6 @@ def test_square_pad_holds_every_image(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-
-
 def test_config_builds_and_runs(tiny_cfg, batch, name):
     cfg = tiny_cfg(name, "MODEL.VLT_BACKBONE.PRETRAINED", "")
     model = build_model(cfg).eval()

@@ -131,8 +131,6 @@ def _count_masks_worker(out_dir):
 
 
 @pytest.mark.slow
-
-
 def test_num_masks_is_averaged_over_processes(tmp_path):
     launch(_count_masks_worker, 2, dist_url="auto", args=(str(tmp_path),))
     values = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -107,8 +107,6 @@ def test_train_frozen_backbone():
 
 
 @pytest.mark.parametrize("link_features", [False, True])
-
-
 def test_train_rein_with_query_linking(link_features):
     cfg = tiny_cfg(
         **{
@@ -190,8 +188,6 @@ def test_inference_output_size_and_values():
 
 
 @pytest.mark.parametrize("width", [96, 95])
-
-
 def test_sliding_window_with_one_window_equals_whole_image(width):
     whole = build_model(tiny_cfg()).eval()
     cfg = tiny_cfg(
@@ -222,8 +218,6 @@ def test_tta_output_shapes():
 
 
 @pytest.mark.slow
-
-
 def test_sliding_window_on_a_full_size_frame():
     cfg = tiny_cfg(
         **{
@@ -333,8 +327,6 @@ def test_training_loss_falls():
 
 
 @pytest.mark.slow
-
-
 def test_training_on_synthdg_through_the_mapper(tmp_path):
     # End to end on data: a tiny SynthDG copy, the "semantic_dg" mapper (crop, flip, photometric
     # distortion), the model and AdamW; the loss must fall clearly within 80 steps.

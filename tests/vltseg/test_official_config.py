@@ -156,8 +156,6 @@ def test_official_semantic_config_builds_the_official_model(tmp_path):
         ("MODEL.MASK_FORMER.TEST.SEMANTIC_ON", False, "semantic segmentation only"),
     ],
 )
-
-
 def test_unsupported_official_values_are_rejected(tmp_path, key, value, match):
     cfg = _official_cfg(tmp_path, key, value)
     with pytest.raises(ValueError, match=match):

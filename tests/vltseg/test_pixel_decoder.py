@@ -10,8 +10,6 @@ from .tiny_head import features, input_shape, tiny_cfg
 
 
 @pytest.mark.parametrize("width", [96, 95])
-
-
 def test_output_shapes(width):
     decoder = build_pixel_decoder(tiny_cfg(), input_shape())
     assert isinstance(decoder, MSDeformAttnPixelDecoder)

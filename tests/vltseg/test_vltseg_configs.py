@@ -55,8 +55,6 @@ def test_all_expected_configs_exist():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-
-
 def test_config_builds_and_trains_one_step(name):
     cfg = _tiny(_load(name))
     model = build_model(cfg)
@@ -108,8 +106,6 @@ def test_gta5_recipe():
         ("vltseg_evaclip-l14_gta5_5k.yaml", "EVA02-L-14"),
     ],
 )
-
-
 def test_backbone_configs_differ_only_in_the_backbone(name, arch):
     cfg, ref = _load(name), _load("vltseg_gta5.yaml")
     assert cfg.MODEL.VLT_BACKBONE.ARCH == arch
