@@ -22,9 +22,8 @@ import json
 import resource
 from typing import List, Optional
 
-from benchmarks.workers import REPO_ROOT, run_worker
+from benchmarks.workers import run_worker
 
-_CONFIG = REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
 VARIANTS = {  # name -> (accumulate, checkpoint)
     "baseline": (False, False),
     "accumulation": (True, False),
@@ -34,15 +33,9 @@ VARIANTS = {  # name -> (accumulate, checkpoint)
 
 
 def _build_cfg(args, checkpoint: bool):
-    import vltseg  # noqa: F401  (registers VLTSeg's config keys and model)
-    from vlt_common.engine.defaults import get_vlt_cfg
+    from benchmarks.bench_vltseg_step import vltseg_cfg
 
-    cfg = get_vlt_cfg()
-    cfg.merge_from_file(str(_CONFIG))
-    cfg.MODEL.DEVICE = args.device
-    cfg.MODEL.VLT_BACKBONE.ARCH = args.arch
-    cfg.MODEL.VLT_BACKBONE.PRETRAINED = ""
-    cfg.MODEL.VLT_BACKBONE.DROP_PATH_RATE = 0.0
+    cfg = vltseg_cfg(args.device, args.arch)
     cfg.MODEL.VLT_BACKBONE.GRAD_CHECKPOINT = checkpoint
     cfg.freeze()
     return cfg

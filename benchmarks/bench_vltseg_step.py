@@ -37,16 +37,23 @@ _CONFIG = REPO_ROOT / "configs" / "Base-VLTSeg.yaml"
 _PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
-def _build_cfg(args):
+def vltseg_cfg(device: str, arch: str):
+    """Base-VLTSeg.yaml on ``device`` with a randomly initialized ``arch`` trunk and no drop path
+    (not frozen): the model the benchmarks time."""
     import vltseg  # noqa: F401  (registers VLTSeg's config keys and model)
     from vlt_common.engine.defaults import get_vlt_cfg
 
     cfg = get_vlt_cfg()
     cfg.merge_from_file(str(_CONFIG))
-    cfg.MODEL.DEVICE = args.device
-    cfg.MODEL.VLT_BACKBONE.ARCH = args.arch
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.VLT_BACKBONE.ARCH = arch
     cfg.MODEL.VLT_BACKBONE.PRETRAINED = ""
     cfg.MODEL.VLT_BACKBONE.DROP_PATH_RATE = 0.0
+    return cfg
+
+
+def _build_cfg(args):
+    cfg = vltseg_cfg(args.device, args.arch)
     if args.tiny:
         # Smoke-test sizes: a 2-block width-64 trunk and a 1-layer pixel decoder.
         cfg.MODEL.VLT_BACKBONE.EMBED_DIM = 64
