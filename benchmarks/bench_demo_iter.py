@@ -35,6 +35,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
+    import vltseg  # noqa: F401  (registers VLTSeg's config keys and model)
     from vlt_common.engine.defaults import get_vlt_cfg
     from vlt_common.solver import build_optimizer
 
