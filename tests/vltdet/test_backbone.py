@@ -46,6 +46,35 @@ def test_pyramid_shapes(tiny_cfg):
         assert torch.isfinite(feature).all()
 
 
+@pytest.mark.parametrize(
+    "patch, scales, expected",
+    [
+        (16, (2.0, 1.0, 0.5), {"p3": 8, "p4": 16, "p5": 32, "p6": 64}),
+        # The demo's patch-8 trunk: the extra level pools the coarsest scaled map (p4 here), not a
+        # fixed "p5" that this pyramid does not produce.
+        (8, (1.0, 0.5), {"p3": 8, "p4": 16, "p5": 32}),
+        (8, (4.0, 2.0, 1.0, 0.5), {"p1": 2, "p2": 4, "p3": 8, "p4": 16, "p5": 32}),
+    ],
+)
+def test_pyramid_levels_follow_the_patch_size(tiny_cfg, patch, scales, expected):
+    backbone = build_backbone(
+        tiny_cfg(
+            "Base-VLTDet.yaml",
+            "MODEL.VLT_BACKBONE.PATCH_SIZE", patch,
+            "MODEL.VLTDET.SCALE_FACTORS", scales,
+        )  # fmt: skip
+    )
+    shapes = backbone.output_shape()
+    assert {k: v.stride for k, v in shapes.items()} == expected
+    features = backbone(torch.randn(1, 3, 64, 96))
+    assert list(features) == list(expected)
+    for name, feature in features.items():
+        assert feature.shape[-2:] == (-(-64 // expected[name]), -(-96 // expected[name])), name
+    # the extra level is the max-pool (kernel 1, stride 2) of the level before it
+    last, before = list(expected)[-1], list(expected)[-2]
+    assert torch.equal(features[last], features[before][..., ::2, ::2])
+
+
 def test_layer_ids_and_lr_decay_groups(tiny_cfg):
     cfg = tiny_cfg("Base-VLTDet.yaml", "SOLVER.LAYER_DECAY", 0.5, "SOLVER.BASE_LR", 1.0)
     model = build_model(cfg)

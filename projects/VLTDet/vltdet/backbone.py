@@ -9,6 +9,8 @@ Detectron2's :class:`SimpleFeaturePyramid` does the work; the subclass here only
   layer-wise lr decay, ``set_trunk_trainable`` for the frozen-backbone warm-up; see
   ``vlt_common.modeling.backbone.contract``), with the trunk's parameters under ``net.``.
 """
+import math
+
 from detectron2.modeling import BACKBONE_REGISTRY, SimpleFeaturePyramid
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
@@ -28,7 +30,8 @@ class VLTSimpleFeaturePyramid(SimpleFeaturePyramid):
     (see :class:`vlt_common.modeling.backbone.CLIPViTBackbone`) forwarded to the trunk.
 
     Constructor arguments are those of :class:`SimpleFeaturePyramid`; ``net`` must return a map at
-    a power-of-two stride (16 for VLT's trunks; patch-14 encoders are resampled to patch 16).
+    a power-of-two stride (``MODEL.VLT_BACKBONE.PATCH_SIZE``: 16 for the released trunks, whose
+    patch-14 encoders are resampled to patch 16; 8 for the tiny SynthDG demo).
     """
 
     def __init__(self, net, in_feature, **kwargs):
@@ -97,12 +100,14 @@ def build_clip_vit_sfp_backbone(cfg, input_shape):
         input_shape (ShapeSpec): image channels.
 
     Returns:
-        VLTSimpleFeaturePyramid: maps p2..p6 (for the default scale factors).
+        VLTSimpleFeaturePyramid: maps p2..p6 for patch 16 and the default scale factors; in
+        general one map per scale factor at stride patch / factor, plus the max-pool of the
+        coarsest.
     """
     bb = cfg.MODEL.VLT_BACKBONE
     if bb.OUTPUT != "single" or list(bb.OUT_FEATURES) != [_IN_FEATURE]:
         raise ValueError(
-            "VLTDet's pyramid reads the single stride-16 map of the trunk: set "
+            "VLTDet's pyramid reads the single patch-stride map of the trunk: set "
             f"MODEL.VLT_BACKBONE.OUTPUT 'single' and OUT_FEATURES ['{_IN_FEATURE}'] "
             f"(got {bb.OUTPUT!r} and {list(bb.OUT_FEATURES)})."
         )
@@ -116,12 +121,16 @@ def build_clip_vit_sfp_backbone(cfg, input_shape):
             f"{scale_factors}"
         )
     net = build_clip_vit_backbone(cfg, input_shape)
+    # The extra level max-pools the coarsest scaled map (p5 for patch 16 and scale 0.5).
+    top_block = LastLevelMaxPool()
+    coarsest = net.output_shape()[_IN_FEATURE].stride / min(scale_factors)
+    top_block.in_feature = f"p{int(math.log2(coarsest))}"
     return VLTSimpleFeaturePyramid(
         net,
         _IN_FEATURE,
         out_channels=cfg.MODEL.VLTDET.OUT_CHANNELS,
         scale_factors=scale_factors,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block,
         norm=cfg.MODEL.VLTDET.NORM,
         square_pad=square_pad,
     )
