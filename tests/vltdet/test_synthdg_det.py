@@ -1,18 +1,21 @@
-"""End to end on a tiny generated SynthDG: VLTTrainer trains the demo config (LSJ mapper, tiny
-trunk, ViTDet pyramid and box head, boxes only), the loss falls, the held-out source and a target
-domain are evaluated, the DG report covers the two domains, and the demo tool draws detections.
+"""End to end on SynthDG: VLTTrainer trains the detection demo as ``make demo TASK=det`` does
+(``configs/vltdet_tiny_synthdg.yaml`` on the full generated copy: 400 source scenes, 850 steps,
+about ten minutes on 2 CPU cores), the loss falls, the model detects objects in the 50 held-out
+source scenes (box AP50 above a threshold that an untrained or broken model cannot reach), a
+shifted target domain is evaluated, the DG report covers the two domains, and the demo tool draws
+detections.
 
-It does NOT check that the model detects: a test-sized run does not learn to detect yet. Measured
-(24 training scenes, 200 iterations, 8 held-out scenes): held-out source box AP50 0.19, AP50 on
-the training scenes themselves 0.09, both about zero; the full demo (400 scenes, 400 iterations)
-reaches 0.8 (README, VLTDet). A threshold on AP would pass or fail by chance."""
+The threshold: the demo measured a held-out source AP50 of 11.0 (README, VLTDet), and 1.75 with
+its checkpoint after 425 of the 850 steps; an untrained model scores 0. MIN_SOURCE_AP50 = 5 leaves
+room for run-to-run noise (thread scheduling changes floating-point sums) and still fails a model
+that has not learned to detect."""
 import json
 import os
 
 import numpy as np
 import pytest
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
 from tests.paths import CONFIGS
@@ -24,15 +27,13 @@ from vlt_common.engine.trainer import VLTTrainer
 PREFIX = "vltdet_e2e"
 TRAIN = f"{PREFIX}_det_source_train"
 SOURCE, TARGET = f"{PREFIX}_det_source_val", f"{PREFIX}_det_fog_val"
-NUM_TRAIN, NUM_VAL = 24, 8
-ITERS = 200
+MIN_SOURCE_AP50 = 5.0
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    spec = SynthDGSpec(seed=3, num_train=NUM_TRAIN, num_val=NUM_VAL)
-    register_synthdg(str(root), spec, prefix=PREFIX)
+    register_synthdg(str(root), SynthDGSpec(), prefix=PREFIX)  # the demo's copy
     cfg = get_vlt_cfg()
     cfg.merge_from_file(os.path.join(CONFIGS, "vltdet_tiny_synthdg.yaml"))
     cfg.merge_from_list(
@@ -40,16 +41,12 @@ def trained(tmp_path_factory):
             "DATASETS.TRAIN", (TRAIN,),
             "DATASETS.TEST", (SOURCE, TARGET),
             "TEST.DG.SOURCE_DATASET", SOURCE,
-            "DATALOADER.NUM_WORKERS", 0,
-            "SOLVER.MAX_ITER", ITERS,
-            "SOLVER.STEPS", (ITERS - 20,),
-            "SOLVER.WARMUP_ITERS", 20,
-            "SOLVER.CHECKPOINT_PERIOD", 10 * ITERS,  # only model_final.pth
+            "SOLVER.CHECKPOINT_PERIOD", 10 ** 6,  # only model_final.pth
             "OUTPUT_DIR", str(tmp_path_factory.mktemp("out")),
         ]
     )  # fmt: skip
     cfg.freeze()
-    torch.manual_seed(0)
+    seed_all_rng(0)
     trainer = VLTTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -63,7 +60,7 @@ def _total_losses(output_dir):
 
 
 @pytest.mark.slow
-def test_loss_falls_and_heldout_scenes_are_evaluated(trained):
+def test_loss_falls_and_heldout_scenes_are_detected(trained):
     cfg, trainer = trained
     losses = _total_losses(cfg.OUTPUT_DIR)
     assert len(losses) >= 4
@@ -72,6 +69,10 @@ def test_loss_falls_and_heldout_scenes_are_evaluated(trained):
     # boxes only (the demo config trains without masks)
     for name in (SOURCE, TARGET):
         assert set(trainer._last_eval_results[name]) == {"bbox"}, name
+    source = trainer._last_eval_results[SOURCE]["bbox"]
+    assert source["AP50"] >= MIN_SOURCE_AP50, source
+    # the most frequent class (car: 277 held-out boxes) is found, not only the mean lifted
+    assert source["AP-car"] > 0, source
 
 
 @pytest.mark.slow
