@@ -1,6 +1,6 @@
 """End to end on SynthDG: VLTTrainer trains the detection demo as ``make demo TASK=det`` does
 (``configs/vltdet_tiny_synthdg.yaml`` on the full generated copy: 400 source scenes, 850 steps,
-about ten minutes on 2 CPU cores), the loss falls, the model detects objects in the 50 held-out
+about eleven minutes on 2 CPU cores), the loss falls, the model detects objects in the 50 held-out
 source scenes (box AP50 above a threshold that an untrained or broken model cannot reach), a
 shifted target domain is evaluated, the DG report covers the two domains, and the demo tool draws
 detections.
