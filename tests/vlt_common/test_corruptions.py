@@ -10,6 +10,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+import vlt_common.benchmarks.synthdg.builtin  # noqa: F401  (registers the synthdg_* names used here)
 from vlt_common.data.corruptions import (
     COMMON_CORRUPTIONS,
     CORRUPTIONS,
