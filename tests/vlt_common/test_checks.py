@@ -71,6 +71,19 @@ def test_check_datasets_reports_every_failure_with_its_key(tmp_path):
     assert "dgcheck_ok" not in message
 
 
+def test_check_datasets_registers_corrupted_test_domains(tmp_path):
+    """A trainer built from Python (no setup_cfg) accepts <base>_c_<corruption>_<severity> test
+    domains: the check registers them; a bad one is reported with its key."""
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = (_register_sem("dgcheck_clean", tmp_path / "clean"),)
+    cfg.DATASETS.TEST = ("dgcheck_clean_c_fog_2",)
+    check_datasets(cfg)
+    assert MetadataCatalog.get("dgcheck_clean_c_fog_2").corruption == "fog"
+    cfg.DATASETS.TEST = ("dgcheck_clean_c_fog_9",)
+    with pytest.raises(ValueError, match="DATASETS.TEST entry 'dgcheck_clean_c_fog_9': .*sever"):
+        check_datasets(cfg)
+
+
 @pytest.mark.slow
 def test_train_net_stops_before_training_on_an_empty_test_folder(tmp_path):
     """train_net.py with a config whose test set (cityscapes_val) has an empty image folder

@@ -10,6 +10,7 @@ import logging
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .corruptions import register_corrupted_datasets
 from .io import read_image, read_label_ids
 
 __all__ = ["check_dataset", "check_datasets"]
@@ -84,6 +85,10 @@ def check_datasets(cfg):
     entries += [("DATASETS.TEST", n) for n in cfg.DATASETS.TEST]
     for key, name in dict.fromkeys(entries):
         try:
+            if key == "DATASETS.TEST":
+                # corrupted test domains are registered on demand, also when the trainer is
+                # built from Python without setup_cfg (which registers them for train_net.py)
+                register_corrupted_datasets([name])
             check_dataset(name)
         except (KeyError, FileNotFoundError, ValueError) as e:
             message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
