@@ -24,7 +24,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from vlt_common.data.datasets.builtin_meta import CITYSCAPES_19_CLASSES
-from vlt_common.utils.atomic import write_png
+from vlt_common.utils.atomic import atomic_write, write_png
 
 __all__ = [
     "SUBMISSION_FORMATS",
@@ -123,11 +123,13 @@ def zip_submission(folder, members, zip_path):
     under those names, in sorted order, with a progress bar. Other files in ``folder`` (e.g.
     from an earlier run on other images) are left out. The archive appears only when complete.
     """
-    tmp_path = zip_path + ".tmp"
-    with zipfile.ZipFile(tmp_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for arcname in tqdm.tqdm(sorted(members), desc=f"zipping {os.path.basename(zip_path)}"):
-            archive.write(os.path.join(folder, *arcname.split("/")), arcname)
-    os.replace(tmp_path, zip_path)
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for arcname in tqdm.tqdm(sorted(members), desc=f"zipping {os.path.basename(zip_path)}"):
+                archive.write(os.path.join(folder, *arcname.split("/")), arcname)
+
+    atomic_write(zip_path, write)
 
 
 class SubmissionWriter(DatasetEvaluator):
