@@ -22,6 +22,7 @@ import json
 import resource
 from typing import List, Optional
 
+from benchmarks.bench_vltseg_step import make_batch, vltseg_cfg
 from benchmarks.workers import run_worker
 
 VARIANTS = {  # name -> (accumulate, checkpoint)
@@ -33,26 +34,10 @@ VARIANTS = {  # name -> (accumulate, checkpoint)
 
 
 def _build_cfg(args, checkpoint: bool):
-    from benchmarks.bench_vltseg_step import vltseg_cfg
-
     cfg = vltseg_cfg(args.device, args.arch)
     cfg.MODEL.VLT_BACKBONE.GRAD_CHECKPOINT = checkpoint
     cfg.freeze()
     return cfg
-
-
-def _images(count: int, size: int, num_classes: int):
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(count):
-        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
-        # A blocky label map (8x8 cells of random classes): a realistic number of masks.
-        cells = torch.randint(0, num_classes, (8, 8), generator=generator)
-        label = cells.repeat_interleave(-(-size // 8), 0).repeat_interleave(-(-size // 8), 1)
-        out.append({"image": image, "sem_seg": label[:size, :size].long()})
-    return out
 
 
 def _worker(args) -> dict:
@@ -70,7 +55,7 @@ def _worker(args) -> dict:
         torch.set_num_threads(args.threads)
     cfg = _build_cfg(args, checkpoint)
     model = build_model(cfg)
-    images = _images(args.batch, args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    images = make_batch(args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, args.batch)
     per_pass = args.batch // steps
     passes = [images[i:i + per_pass] for i in range(0, args.batch, per_pass)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
